@@ -1,0 +1,261 @@
+"""``attribute``: explain a batch of ECGs x several target classes with one call.
+
+>>> res = attribute(model, x, targets=["AF", "LBBB"], method="ig", n_steps=32)
+>>> res.relevance.shape            # (N, T, 12, L) float32
+>>> res.delta                      # (N, T) IG completeness error, or None
+
+How a call runs
+---------------
+* The model is put in eval mode (Dropout off, BN running statistics) and its
+  parameters are frozen (``requires_grad_(False)``); both are restored
+  exactly, per module / per parameter, when the call returns or raises. The
+  input is the only tensor that requires grad. Gradients are enabled even if
+  the caller is under ``torch.no_grad()``/``inference_mode()``.
+* ``output="probability"`` wraps the model as ``nn.Sigmoid()(model(x))``, so
+  relevance and deltas refer to the sigmoid outputs (a module, so that DeepLift
+  applies its rescale rule to it and LRP passes relevance through it).
+* Records x targets become *rows*, record-major (``r0:t0, r0:t1, ..., r1:t0``);
+  a row is a copy of its record with its own target class. Rows are processed
+  in chunks of at most ``batch_size`` rows (default per method: 16 for IG,
+  whose interpolation steps are further bounded by ``internal_batch_size``;
+  8 for GradientShap; 32 otherwise), so memory is bounded whatever N and T.
+  Rows are independent in eval mode, so results equal one-by-one computation
+  (tested to 1e-5 relative).
+* ``logits``/``probabilities`` are the plain model's forward on ``x`` (no
+  wrapper), in chunks, without gradients.
+
+Not thread-safe for one model instance shared between threads (Captum
+registers hooks on it; flags are toggled). DeepLift and LRP work on a deep
+copy of the model.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+OUTPUTS = ("logit", "probability")
+
+
+@dataclass
+class Attribution:
+    """Result of :func:`attribute` (numpy arrays).
+
+    * ``relevance``: float32 ``(N, T, leads, L)`` -- relevance of every input sample
+      for target ``targets[t]`` of record ``n``;
+    * ``probabilities``: float32 ``(N, C)`` -- sigmoid of the model's logits on ``x``;
+    * ``logits``: float32 ``(N, C)``;
+    * ``targets``: class names, length T, in the order of axis 1 of ``relevance``;
+    * ``method``: canonical method name (``"integrated_gradients"``, ...);
+    * ``params``: effective, JSON-serialisable parameters (defaults filled in) plus
+      ``output`` and ``batch_size``, for provenance;
+    * ``delta``: float32 ``(N, T)`` or ``None`` -- IG/DeepLift completeness error
+      ``sum(R) - (f(x) - f(baseline))``, LRP conservation error ``sum(R) - f(x)``
+      (``f`` = logit or probability, per ``params["output"]``).
+    """
+
+    relevance: np.ndarray
+    probabilities: np.ndarray
+    logits: np.ndarray
+    targets: tuple[str, ...]
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+    delta: np.ndarray | None = None
+
+    @property
+    def n_records(self) -> int:
+        return int(self.relevance.shape[0])
+
+    def target_index(self, target: str | int) -> int:
+        """Position of a target (name, or class index of the model) along axis 1."""
+        if isinstance(target, str):
+            return self.targets.index(target)
+        raise TypeError("target_index expects a class name")
+
+    def for_target(self, target: str) -> np.ndarray:
+        """Relevance ``(N, leads, L)`` for one target class."""
+        return self.relevance[:, self.target_index(target)]
+
+
+# ---------------------------------------------------------------------------
+
+
+class _SigmoidOutput(nn.Module):
+    """``sigmoid(model(x))`` as modules (``nn.Sigmoid``), for ``output="probability"``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.sigmoid = nn.Sigmoid()
+        self.classes = getattr(model, "classes", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return self.sigmoid(self.model(x))
+
+
+@contextlib.contextmanager
+def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode + frozen parameters inside; every module's ``training`` flag and every
+    parameter's ``requires_grad`` are restored on exit (also on error)."""
+    training = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        for m, mode in training:
+            m.training = mode
+
+
+def model_classes(model: nn.Module, n_classes: int | None = None) -> tuple[str, ...]:
+    classes = getattr(model, "classes", None)
+    if classes is not None:
+        return tuple(str(c) for c in classes)
+    if n_classes is None:
+        raise ValueError("model has no .classes; cannot name the targets")
+    return tuple(str(i) for i in range(n_classes))
+
+
+def resolve_targets(targets: Any, classes: Sequence[str]) -> tuple[list[int], tuple[str, ...]]:
+    """Class indices and names for ``targets`` (``None`` = all; names or indices)."""
+    if targets is None:
+        idx = list(range(len(classes)))
+    else:
+        if isinstance(targets, (str, int, np.integer)):
+            targets = [targets]
+        idx = []
+        for t in targets:
+            if isinstance(t, str):
+                if t not in classes:
+                    raise ValueError(f"unknown target class {t!r}; model classes: {list(classes)}")
+                idx.append(list(classes).index(t))
+            elif isinstance(t, (int, np.integer)) and not isinstance(t, bool):
+                if not 0 <= int(t) < len(classes):
+                    raise ValueError(f"target index {t} out of range for {len(classes)} classes")
+                idx.append(int(t))
+            else:
+                raise TypeError(f"targets must be class names or indices, got {t!r}")
+        if not idx:
+            raise ValueError("targets is empty")
+        if len(set(idx)) != len(idx):
+            raise ValueError(f"duplicate targets: {list(targets)}")
+    return idx, tuple(classes[i] for i in idx)
+
+
+def _as_input(x: Any) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        t = x.detach().to(device="cpu", dtype=torch.float32)
+        if t.is_inference():
+            t = t.clone()
+    else:
+        t = torch.from_numpy(np.ascontiguousarray(np.asarray(x, dtype=np.float32)))
+    if t.ndim != 3:
+        raise ValueError(f"x must be (N, leads, samples), got shape {tuple(t.shape)}")
+    if t.shape[0] == 0:
+        raise ValueError("x holds no records")
+    if not torch.isfinite(t).all():
+        raise ValueError("x contains NaN or inf")
+    return t
+
+
+def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    for p in model.parameters():
+        return p.device, p.dtype
+    for b in model.buffers():
+        return b.device, (b.dtype if b.dtype.is_floating_point else torch.float32)
+    return torch.device("cpu"), torch.float32
+
+
+# ---------------------------------------------------------------------------
+
+
+def attribute(
+    model: nn.Module,
+    x: np.ndarray | torch.Tensor,
+    targets: Sequence[str | int] | str | int | None = None,
+    method: str = "ig",
+    *,
+    output: str = "logit",
+    batch_size: int | None = None,
+    seed: int = 0,
+    **params: Any,
+) -> Attribution:
+    """Attribute the model's ``targets`` outputs to the samples of ``x``.
+
+    ``model`` returns logits ``(N, C)`` and has ``.classes``; ``x`` is
+    ``(N, leads, L)`` (numpy or torch, cast to float32); ``targets`` is
+    ``None`` (all classes) or class names / indices; ``method`` a name or alias
+    from :func:`available_methods`; ``output`` ``"logit"`` (pre-sigmoid,
+    default) or ``"probability"``; ``batch_size`` rows (records x targets) per
+    chunk; ``seed`` for stochastic methods (GradientShap); ``**params`` the
+    method's parameters (unknown names raise ``TypeError``).
+    """
+    from ecgray.attribution.methods import resolve_method
+
+    cls = resolve_method(method)
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    if batch_size is not None and int(batch_size) < 1:
+        raise ValueError("batch_size must be >= 1")
+    eff = cls.resolve_params(params)
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.inference_mode(False))
+        xt = _as_input(x)
+        n_rec = xt.shape[0]
+        stack.enter_context(frozen_eval(model))
+        device, dtype = _device_dtype(model)
+        # forward on x (plain model), in chunks
+        with torch.no_grad():
+            fwd_bs = max(1, int(batch_size or cls.default_batch_size))
+            logits = torch.cat([model(c.to(device=device, dtype=dtype)).float().cpu() for c in xt.split(fwd_bs)])
+        if logits.ndim != 2:
+            raise ValueError(f"model must return (N, C) logits, got shape {tuple(logits.shape)}")
+        classes = model_classes(model, logits.shape[1])
+        if len(classes) != logits.shape[1]:
+            raise ValueError(f"model.classes has {len(classes)} names but the model returns {logits.shape[1]} outputs")
+        t_idx, t_names = resolve_targets(targets, classes)
+        n_t = len(t_idx)
+
+        forward = model if output == "logit" else _SigmoidOutput(model).eval()
+        stack.enter_context(torch.enable_grad())
+        impl = cls(forward, eff, seed=seed)
+        stack.callback(impl.close)
+        rows_per_chunk = impl.max_rows(int(batch_size or cls.default_batch_size))
+
+        relevance = np.empty((n_rec, n_t, *xt.shape[1:]), dtype=np.float32)
+        delta = np.empty((n_rec, n_t), dtype=np.float32) if cls.has_delta else None
+        got_delta = False
+        target_of = torch.as_tensor(t_idx, dtype=torch.long)
+        n_rows = n_rec * n_t
+        for start in range(0, n_rows, rows_per_chunk):
+            rows = torch.arange(start, min(start + rows_per_chunk, n_rows))
+            rec, tpos = rows // n_t, rows % n_t
+            xr = xt[rec].to(device=device, dtype=dtype)
+            rel, d = impl.attribute_rows(xr, target_of[tpos].to(device), rec)
+            relevance[rec.numpy(), tpos.numpy()] = rel.detach().float().cpu().numpy()
+            if delta is not None and d is not None:
+                delta[rec.numpy(), tpos.numpy()] = d.detach().float().cpu().numpy()
+                got_delta = True
+
+    prov = impl.provenance()
+    prov["output"] = output
+    prov["batch_size"] = rows_per_chunk
+    return Attribution(
+        relevance=relevance,
+        probabilities=torch.sigmoid(logits).numpy().astype(np.float32),
+        logits=logits.numpy().astype(np.float32),
+        targets=t_names,
+        method=cls.name,
+        params=prov,
+        delta=delta if got_delta else None,
+    )

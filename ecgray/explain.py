@@ -1,0 +1,236 @@
+"""The core, Ray-free path: records in, Arrow tables out.
+
+Three plain stages that the CLI, notebooks and the Ray pipeline share:
+
+* :func:`prepare` — read one record (local or ``s3://``) and cut it into model
+  input windows; bad input becomes a row of the ``errors`` table, never an
+  exception;
+* :func:`explain_windows` — probabilities and relevance for a batch of windows,
+  every requested method and target, as the ``records``, ``relevance_summary``
+  and (optionally) ``relevance`` tables;
+* :func:`explain` — both, over a list of record URIs.
+"""
+from __future__ import annotations
+
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from schemas.tables import CLASSES, LEADS, conform, from_rows
+
+from .errors import ECGError
+
+
+def new_run_id() -> str:
+    """A short unique id for a run (stored in every output row)."""
+    return uuid.uuid4().hex[:12]
+
+
+def error_row(run_id: str, record_id: str | None, uri: str | None, exc: BaseException, stage: str = "read") -> dict:
+    """One ``errors`` row for an exception; unexpected exceptions keep their type and the last frame."""
+    if isinstance(exc, ECGError):
+        row = exc.as_row()
+        row["record_id"] = record_id or exc.record_id
+    else:
+        where = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+        at = f" (at {where[0].filename.rsplit('/', 1)[-1]}:{where[0].lineno})" if where else ""
+        row = {
+            "record_id": record_id or "<unknown>",
+            "stage": stage,
+            "error_type": f"internal_{type(exc).__name__}",
+            "message": f"{record_id or uri}: unexpected {type(exc).__name__}: {exc}{at}",
+        }
+    row.update(run_id=run_id, uri=uri)
+    return row
+
+
+@dataclass
+class Prepared:
+    """Windows of one record ready for the model, with the record's metadata."""
+
+    record: object  # ecgray.io.Record
+    windows: list  # list[ecgray.preprocess.Prepared]
+
+
+def prepare(uri: str, *, run_id: str, labels_csv: str | None = None, policy: str = "first",
+            stride_s: float | None = None, max_windows: int | None = None) -> tuple[Prepared | None, dict | None]:
+    """Read and preprocess one record. Returns ``(prepared, None)`` or ``(None, error_row)``."""
+    from .io import read_record
+    from .preprocess import preprocess
+
+    record_id = None
+    try:
+        rec = read_record(uri, labels_csv=labels_csv)
+        record_id = rec.record_id
+    except Exception as exc:  # noqa: BLE001 - every failure becomes an errors row
+        return None, error_row(run_id, getattr(exc, "record_id", None) or _id_from_uri(uri), uri, exc, "read")
+    try:
+        windows = preprocess(rec, policy=policy, stride_s=stride_s, max_windows=max_windows)
+    except Exception as exc:  # noqa: BLE001
+        return None, error_row(run_id, record_id, uri, exc, "preprocess")
+    return Prepared(rec, windows), None
+
+
+def _id_from_uri(uri: str) -> str:
+    name = str(uri).rstrip("/").rsplit("/", 1)[-1]
+    for ext in (".hea", ".mat", ".dat", ".hdf5", ".h5"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+    return name or str(uri)
+
+
+@dataclass
+class ExplainConfig:
+    """What to explain and how; stored with every output row."""
+
+    model_name: str
+    model_id: str
+    methods: Sequence[str] = ("integrated_gradients",)
+    targets: Sequence[str] | None = None  # None = all classes of the model
+    output: str = "logit"
+    params: dict = field(default_factory=dict)  # per-method keyword arguments: {"integrated_gradients": {"n_steps": 16}}
+    keep_relevance: bool = True  # also build the full per-sample `relevance` table
+    batch_size: int = 8  # windows per attribution call
+
+
+def _records_rows(run_id: str, cfg: ExplainConfig, items: list[tuple[object, object]], probs: np.ndarray) -> pa.Table:
+    rows = []
+    for (rec, w), p in zip(items, probs):
+        lab = rec.labels
+        row = {
+            "run_id": run_id, "model": cfg.model_name, "model_id": cfg.model_id,
+            "record_id": rec.record_id, "window": int(w.window), "uri": rec.uri,
+            "dataset": rec.dataset, "format": rec.format, "fs_in": float(rec.fs),
+            "n_samples_in": int(rec.signal.shape[0]), "window_offset": int(w.offset), "flags": list(w.flags),
+            "label_normal": bool(lab.normal), "raw_codes": list(lab.raw), "label_scheme": lab.scheme,
+        }
+        for c in CLASSES:
+            row[f"label_{c}"] = bool(lab.classes.get(c, False))
+        for i, c in enumerate(CLASSES):
+            row[f"prob_{c}"] = float(p[i]) if i < len(p) else None
+        rows.append(row)
+    return from_rows("records", rows)
+
+
+def _per_lead_tables(run_id: str, cfg: ExplainConfig, items, attr, method: str, classes: Sequence[str]) -> dict[str, pa.Table]:
+    """Vectorised ``relevance_summary`` (and ``relevance``) rows for one attribution result."""
+    r = attr.relevance  # (N, T, 12, L)
+    n, t, n_leads, length = r.shape
+    class_index = [list(classes).index(tg) for tg in attr.targets]
+    prob = attr.probabilities[:, class_index]  # (N, T)
+    delta = attr.delta if attr.delta is not None else np.full((n, t), np.nan, np.float32)
+    rep = t * n_leads
+    cols = {
+        "run_id": pa.array([run_id] * (n * rep)),
+        "model": pa.array([cfg.model_name] * (n * rep)),
+        "model_id": pa.array([cfg.model_id] * (n * rep)),
+        "record_id": pa.array(np.repeat([rec.record_id for rec, _ in items], rep)),
+        "window": pa.array(np.repeat([w.window for _, w in items], rep).astype(np.int32)),
+        "method": pa.array([method] * (n * rep)),
+        "target": pa.array(np.tile(np.repeat(list(attr.targets), n_leads), n)),
+        "output": pa.array([cfg.output] * (n * rep)),
+        "lead": pa.array(np.tile(LEADS[:n_leads], n * t)),
+    }
+    per_row = lambda a: np.repeat(np.asarray(a, np.float32).reshape(n * t), n_leads)  # noqa: E731
+    summary = dict(cols)
+    summary.update(
+        probability=per_row(prob),
+        mean=r.mean(-1, dtype=np.float64).astype(np.float32).ravel(),
+        mean_pos=np.clip(r, 0, None).mean(-1, dtype=np.float64).astype(np.float32).ravel(),
+        mean_neg=np.clip(r, None, 0).mean(-1, dtype=np.float64).astype(np.float32).ravel(),
+        sum=r.sum(-1, dtype=np.float64).astype(np.float32).ravel(),
+        abs_sum=np.abs(r).sum(-1, dtype=np.float64).astype(np.float32).ravel(),
+        delta=per_row(delta),
+    )
+    out = {"relevance_summary": conform(pa.table(summary), "relevance_summary")}
+    if cfg.keep_relevance:
+        full = dict(cols)
+        flat = np.ascontiguousarray(r, dtype=np.float32).reshape(-1)
+        full.update(
+            window_offset=pa.array(np.repeat([w.offset for _, w in items], rep).astype(np.int64)),
+            probability=per_row(prob),
+            delta=per_row(delta),
+            relevance=pa.FixedSizeListArray.from_arrays(flat, length).cast(pa.list_(pa.float32())),
+        )
+        out["relevance"] = conform(pa.table(full), "relevance")
+    return out
+
+
+def explain_windows(model, items: list[tuple[object, object]], cfg: ExplainConfig, *, run_id: str) -> dict[str, pa.Table]:
+    """Explain a batch of ``(record, window)`` pairs with every method of ``cfg``.
+
+    Returns ``records`` (one row per window), ``relevance_summary`` and, when
+    ``cfg.keep_relevance``, ``relevance`` — all conforming to ``schemas``.
+    """
+    from .attribution import attribute
+
+    x = np.stack([w.x for _, w in items]).astype(np.float32, copy=False)
+    tables: dict[str, list[pa.Table]] = {"records": [], "relevance_summary": [], "relevance": []}
+    probs = None
+    for method in cfg.methods:
+        attr = attribute(model, x, targets=cfg.targets, method=method, output=cfg.output,
+                         batch_size=cfg.batch_size, **cfg.params.get(method, {}))
+        if probs is None:
+            probs = attr.probabilities
+        classes = tuple(getattr(model, "classes", CLASSES))
+        for name, tbl in _per_lead_tables(run_id, cfg, items, attr, method, classes).items():
+            tables[name].append(tbl)
+    tables["records"].append(_records_rows(run_id, cfg, items, probs))
+    return {k: pa.concat_tables(v) for k, v in tables.items() if v}
+
+
+def chunks(seq: Iterable, size: int):
+    buf = []
+    for item in seq:
+        buf.append(item)
+        if len(buf) == size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def explain(model, uris: Sequence[str], cfg: ExplainConfig, *, run_id: str | None = None, labels_csv: str | None = None,
+            policy: str = "first", stride_s: float | None = None, max_windows: int | None = None) -> dict[str, pa.Table]:
+    """Explain records end to end in this process (no Ray).
+
+    Every URI ends either in the output tables or as exactly one row of ``errors``.
+    """
+    run_id = run_id or new_run_id()
+    errors: list[dict] = []
+
+    def windows():
+        for uri in uris:
+            prep, err = prepare(uri, run_id=run_id, labels_csv=labels_csv, policy=policy,
+                                stride_s=stride_s, max_windows=max_windows)
+            if err is not None:
+                errors.append(err)
+                continue
+            for w in prep.windows:
+                yield prep.record, w
+
+    parts: dict[str, list[pa.Table]] = {}
+    for batch in chunks(windows(), cfg.batch_size):
+        try:
+            out = explain_windows(model, batch, cfg, run_id=run_id)
+        except Exception as exc:  # noqa: BLE001 - one bad batch must not end the run
+            for rec, _ in batch:
+                errors.append(error_row(run_id, rec.record_id, rec.uri, exc, "attribute"))
+            continue
+        for name, tbl in out.items():
+            parts.setdefault(name, []).append(tbl)
+    result = {name: pa.concat_tables(v) for name, v in parts.items()}
+    for name in ("records", "relevance_summary") + (("relevance",) if cfg.keep_relevance else ()):
+        result.setdefault(name, from_rows(name, []))
+    # A record with several windows that failed in one batch must appear once in errors.
+    seen, unique = set(), []
+    for e in errors:
+        if e["record_id"] not in seen:
+            seen.add(e["record_id"])
+            unique.append(e)
+    result["errors"] = from_rows("errors", unique)
+    return result

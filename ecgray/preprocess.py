@@ -1,0 +1,231 @@
+"""Turn a :class:`~ecgray.io.Record` into model inputs: ``(12, 4096)`` float32 at 400 Hz.
+
+Steps and policies (in this order):
+
+1. **Leads** (:func:`reorder_leads`): names are matched case-insensitively,
+   ignoring a ``Lead`` prefix and spaces: ``I``/``DI``/``D1`` -> DI,
+   ``II``/``DII``/``D2`` -> DII, ``III``/``DIII``/``D3`` -> DIII, ``aVR``/``AVR``
+   -> AVR, ``aVL`` -> AVL, ``aVF`` -> AVF, ``V1``..``V6``. Anything else (e.g.
+   ``MLII``, which is not a standard lead II) is unknown. Two leads that
+   map to the same model lead -> :class:`LeadError` ``duplicate_leads``; a
+   model lead not present -> ``missing_leads``; unknown leads in addition to
+   the 12 are dropped and flagged ``extra_leads_dropped``.
+2. **Quality checks** on the 12 leads of the record as read (before
+   resampling), :class:`SignalError` with error_type:
+   ``bad_fs`` (fs not finite or <= 0), ``too_short`` (fewer than
+   :data:`MIN_SECONDS` = 2 s, i.e. fewer than 800 samples after resampling
+   to 400 Hz), ``nan_or_inf`` (any non-finite sample), ``flat_signal`` (every
+   lead has peak-to-peak < :data:`FLAT_MV` = 0.01 mV; a single flat lead is
+   kept and flagged ``flat_lead:<model lead name>``), ``implausible_amplitude``
+   (more than :data:`MAX_OUTLIER_FRACTION` = 1 % of all samples have
+   ``|x| >`` :data:`MAX_ABS_MV` = 20 mV: usually wrong units).
+3. **Resampling** (:func:`resample`) to 400 Hz with
+   :func:`scipy.signal.resample_poly` (float64 inside, default Kaiser
+   window) with ``up/down = Fraction(400 / fs).limit_denominator(1000)``
+   (500 Hz: 4/5; 1000 Hz: 2/5; 257 Hz: 400/257). Flag ``resampled``.
+4. **Length** (:func:`fit_length`) to 4,096 samples:
+
+   * shorter: zero padding centred, ``left = (4096 - n) // 2``; ``offset =
+     -left``; flag ``padded``;
+   * longer, policy ``"first"`` (default): the first 4,096 samples
+     (offset 0); ``"centre"`` (or ``"center"``): start ``(n - 4096) // 2``;
+     flag ``cropped``;
+   * longer, policy ``"windows"``: windows starting at 0, stride,
+     2 x stride, ... (``stride_s`` seconds, default 4,096 samples) while
+     they fit; if the last one does not reach the end of the record, one
+     more window *ending at the end* is added (it overlaps the previous
+     one). ``max_windows`` keeps the first k (flag ``windows_capped`` when
+     it drops some). Flag ``windowed``.
+
+   ``offset`` is the sample index, in the resampled signal, of the window
+   start: ``x[:, k] == resampled[offset + k]`` for every k inside the record.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Sequence
+
+import numpy as np
+from scipy.signal import resample_poly
+
+from ecgray.errors import LeadError, SignalError
+from ecgray.models.ribeiro2020 import FS, LEADS, N_SAMPLES
+
+POLICIES = ("first", "centre", "center", "windows")
+MIN_SECONDS = 2.0
+FLAT_MV = 0.01
+MAX_ABS_MV = 20.0
+MAX_OUTLIER_FRACTION = 0.01
+
+_ALIASES = {
+    "I": "DI", "DI": "DI", "D1": "DI",
+    "II": "DII", "DII": "DII", "D2": "DII",
+    "III": "DIII", "DIII": "DIII", "D3": "DIII",
+    "AVR": "AVR", "AVL": "AVL", "AVF": "AVF",
+    **{f"V{i}": f"V{i}" for i in range(1, 7)},
+}
+
+
+@dataclass
+class Prepared:
+    """One model input window of one record.
+
+    ``x`` is float32 ``(12, 4096)``, channels first, in model lead order;
+    ``offset`` is the start of the window in the 400 Hz resampled signal
+    (negative: ``-left_pad`` zero samples were added on the left).
+    """
+
+    record_id: str
+    window: int
+    offset: int
+    x: np.ndarray
+    fs_in: float
+    n_samples_in: int
+    flags: tuple[str, ...] = ()
+
+
+def canonical_lead(name: str) -> str | None:
+    """Model lead name for a file's lead name, None if unknown (see module docstring)."""
+    s = re.sub(r"^\s*lead[\s_-]*", "", str(name), flags=re.IGNORECASE)
+    s = re.sub(r"\s+", "", s).upper()
+    return _ALIASES.get(s)
+
+
+def reorder_leads(signal: np.ndarray, leads: Sequence[str], *,
+                  record_id: str | None = None) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Return ``(signal[:, model order], flags)``; ``signal`` is ``(n_samples, n_leads)``.
+
+    Raises :class:`LeadError` ``missing_leads`` / ``duplicate_leads``.
+    """
+    signal = np.asarray(signal)
+    if signal.ndim != 2 or signal.shape[1] != len(leads):
+        raise LeadError(record_id, f"signal shape {signal.shape} does not match {len(leads)} lead names",
+                        error_type="lead_mismatch")
+    canon = [canonical_lead(n) for n in leads]
+    seen: dict[str, list[str]] = {}
+    for name, c in zip(leads, canon):
+        if c is not None:
+            seen.setdefault(c, []).append(str(name))
+    dups = {c: names for c, names in seen.items() if len(names) > 1}
+    if dups:
+        raise LeadError(record_id, "duplicate leads: " + "; ".join(f"{c} <- {n}" for c, n in dups.items()),
+                        error_type="duplicate_leads")
+    missing = [lead for lead in LEADS if lead not in seen]
+    if missing:
+        unknown = [str(n) for n, c in zip(leads, canon) if c is None]
+        msg = f"missing leads {missing}" + (f" (unknown leads {unknown})" if unknown else "")
+        raise LeadError(record_id, msg, error_type="missing_leads")
+    order = [canon.index(lead) for lead in LEADS]
+    flags = ("extra_leads_dropped",) if len(leads) > len(LEADS) else ()
+    return signal[:, order], flags
+
+
+def resample_factors(fs_in: float, fs_out: float = FS) -> tuple[int, int]:
+    """``(up, down)`` for :func:`resample_poly`: ``Fraction(fs_out / fs_in).limit_denominator(1000)``."""
+    frac = Fraction(fs_out / fs_in).limit_denominator(1000)
+    return frac.numerator, frac.denominator
+
+
+def resample(signal: np.ndarray, fs_in: float, fs_out: float = FS) -> np.ndarray:
+    """Resample ``(n_samples, n_leads)`` along time to ``fs_out``; float32 out (float64 inside).
+
+    Returns the input (as float32) when the rates already match.
+    """
+    up, down = resample_factors(fs_in, fs_out)
+    if up == down:
+        return np.asarray(signal, dtype=np.float32)
+    y = resample_poly(np.asarray(signal, dtype=np.float64), up, down, axis=0)
+    return y.astype(np.float32)
+
+
+def fit_length(signal: np.ndarray, n: int = N_SAMPLES, *, policy: str = "first", stride: int | None = None,
+               max_windows: int | None = None) -> tuple[list[tuple[int, np.ndarray]], tuple[str, ...]]:
+    """Cut/pad ``(n_samples, n_leads)`` to windows of ``n`` samples.
+
+    Returns ``([(offset, window), ...], flags)``; see the module docstring for
+    the policies. ``stride`` is in samples (default ``n``).
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+    length = signal.shape[0]
+    if length == n:
+        return [(0, signal)], ()
+    if length < n:
+        left = (n - length) // 2
+        out = np.zeros((n,) + signal.shape[1:], dtype=signal.dtype)
+        out[left:left + length] = signal
+        return [(-left, out)], ("padded",)
+    if policy == "first":
+        return [(0, signal[:n])], ("cropped",)
+    if policy in ("centre", "center"):
+        start = (length - n) // 2
+        return [(start, signal[start:start + n])], ("cropped",)
+    stride = n if stride is None else int(stride)
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1 sample, got {stride}")
+    starts = list(range(0, length - n + 1, stride))
+    if starts[-1] + n < length:
+        starts.append(length - n)
+    flags: tuple[str, ...] = ("windowed",)
+    if max_windows is not None and len(starts) > max_windows:
+        starts = starts[:max_windows]
+        flags += ("windows_capped",)
+    return [(s, signal[s:s + n]) for s in starts], flags
+
+
+def check_signal(signal: np.ndarray, fs: float, *, record_id: str | None = None,
+                 leads: Sequence[str] = LEADS) -> tuple[str, ...]:
+    """Quality checks on ``(n_samples, 12)`` in mV; raise :class:`SignalError`, return flags."""
+    if fs is None or not math.isfinite(float(fs)) or float(fs) <= 0:
+        raise SignalError(record_id, f"bad sampling frequency {fs!r}", error_type="bad_fs")
+    up, down = resample_factors(float(fs))
+    n_out = math.ceil(signal.shape[0] * up / down)
+    if n_out < MIN_SECONDS * FS:
+        raise SignalError(record_id, f"too short: {signal.shape[0]} samples at {fs} Hz "
+                                     f"({signal.shape[0] / float(fs):.2f} s < {MIN_SECONDS} s)", error_type="too_short")
+    finite = np.isfinite(signal)
+    if not finite.all():
+        bad = [leads[i] for i in np.flatnonzero(~finite.all(axis=0))]
+        raise SignalError(record_id, f"{int((~finite).sum())} NaN/inf samples in leads {bad}", error_type="nan_or_inf")
+    ptp = np.ptp(signal, axis=0)
+    flat = ptp < FLAT_MV
+    if flat.all():
+        raise SignalError(record_id, f"flat signal: all leads have peak-to-peak < {FLAT_MV} mV", error_type="flat_signal")
+    flags = tuple(f"flat_lead:{leads[i]}" for i in np.flatnonzero(flat))
+    frac = float(np.mean(np.abs(signal) > MAX_ABS_MV))
+    if frac > MAX_OUTLIER_FRACTION:
+        raise SignalError(record_id, f"implausible amplitude: {frac:.1%} of samples beyond +-{MAX_ABS_MV} mV "
+                                     "(wrong units?)", error_type="implausible_amplitude")
+    return flags
+
+
+def preprocess(rec, *, policy: str = "first", stride_s: float | None = None,
+               max_windows: int | None = None) -> list[Prepared]:
+    """Model input windows of one record (see the module docstring for every policy).
+
+    Raises :class:`LeadError` / :class:`SignalError` (stage ``preprocess``).
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+    if stride_s is not None and not stride_s > 0:
+        raise ValueError(f"stride_s must be > 0, got {stride_s!r}")
+    if max_windows is not None and max_windows < 1:
+        raise ValueError(f"max_windows must be >= 1, got {max_windows!r}")
+    rid = rec.record_id
+    signal, flags = reorder_leads(rec.signal, rec.leads, record_id=rid)
+    flags += check_signal(signal, rec.fs, record_id=rid)
+    up, down = resample_factors(float(rec.fs))
+    if up != down:
+        flags += ("resampled",)
+    y = resample(signal, float(rec.fs))
+    stride = None if stride_s is None else max(1, int(round(stride_s * FS)))
+    windows, fit_flags = fit_length(y, N_SAMPLES, policy=policy, stride=stride, max_windows=max_windows)
+    flags += fit_flags
+    return [
+        Prepared(record_id=rid, window=i, offset=int(off), x=np.ascontiguousarray(w.T, dtype=np.float32),
+                 fs_in=float(rec.fs), n_samples_in=int(rec.signal.shape[0]), flags=flags)
+        for i, (off, w) in enumerate(windows)
+    ]

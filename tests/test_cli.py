@@ -1,0 +1,59 @@
+"""The command line, driven as a user would (typer's CliRunner, real files)."""
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from ecgray.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory, tiny_model):
+    from ecgray.models import save_model
+
+    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+    save_model(tiny_model, path)
+    return path
+
+
+def test_catalog_cpsc(cpsc_dir, tmp_path):
+    out = tmp_path / "cat.parquet"
+    res = runner.invoke(app, ["catalog", str(cpsc_dir), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "150 records" in res.output
+    df = pl.read_parquet(out)
+    assert df.height == 150
+    assert df["label_AF"].sum() == 24 and df["label_LBBB"].sum() == 8 and df["label_RBBB"].sum() == 32
+
+
+def test_explain_writes_parquet(cpsc_dir, code15_dir, tiny_weights, tmp_path):
+    out = tmp_path / "rel.parquet"
+    res = runner.invoke(app, ["explain", str(cpsc_dir / "A0001"), str(code15_dir / "pacient_2.hdf5"), str(tmp_path / "missing"),
+                              "--model", str(tiny_weights), "--method", "saliency", "-t", "AF,LBBB", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    df = pl.read_parquet(out)
+    assert df.height == 2 * 2 * 12
+    assert df["relevance"].list.len().unique().to_list() == [4096]
+    err = pl.read_parquet(tmp_path / "rel.errors.parquet")
+    assert err["record_id"].to_list() == ["missing"]
+    assert "skipped missing" in res.output
+    recs = pl.read_parquet(tmp_path / "rel.records.parquet")
+    assert recs.height == 2
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "no/such/model.safetensors"], "no/such/model.safetensors"),
+        (["--model", "weights.pkl"], "pkl"),
+        (["--method", "nonsense"], "unknown method 'nonsense'"),
+        (["-t", "XYZ"], "unknown target 'XYZ'"),
+    ],
+)
+def test_explain_bad_arguments_give_one_line_errors(cpsc_dir, tiny_weights, args, message):
+    base = ["explain", str(cpsc_dir / "A0001"), "--model", str(tiny_weights)]
+    res = runner.invoke(app, base + args)
+    assert res.exit_code == 2
+    assert message in res.output
+    assert "Traceback" not in res.output

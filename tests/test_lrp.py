@@ -1,0 +1,274 @@
+"""LRP (Zennit) for ResNet1d: the torchvision shim, canonizers, rules, conservation.
+
+Figures seen when this was written (reduced model: width 0.25, L = 1024, float32):
+
+* canonized forward vs original: 5e-7 of max |logit| (zennit's own
+  ``NamedMergeBatchNorm`` on the same pairs: 9e-4, its ``1/sqrt(1+eps)``
+  factor; ``SequentialMergeBatchNorm``: 0.28, it also folds ``bn2``);
+* LRP-epsilon(1e-9) vs Gradient x Input with random BN statistics: 1e-6 of max |R|;
+* conservation, bias-free network: LRP-epsilon |delta|/|logit| <= 7e-5;
+  LRP-alpha-beta at full width (L = 256) <= 1.3e-5;
+* conservation, random BN statistics (real / synthetic ECGs): |delta|/|logit|
+  median 0.27 / 0.34 (epsilon), 0.08 / 0.09 (alpha-beta); |delta| / the
+  record's max |logit| <= 0.47 (epsilon), 0.18 (alpha-beta) -- relevance
+  absorbed by BN shifts / dense bias;
+* without the residual ``Sum`` canonizer (plain ``+``): sum(R)/logit from
+  -219 to +18 on the bias-free network.
+"""
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ecgray.attribution import attribute
+from ecgray.attribution import lrp
+from ecgray.attribution._zennit import import_zennit, torchvision_is_stubbed
+from ecgray.models.ribeiro2020 import ResNet1d, ResNetConfig
+
+DATA = Path(__file__).parents[1] / ".." / "shared" / "data" / "code15-test80"
+N_SAMPLES = 1024
+CFG = dict(n_samples=N_SAMPLES, samples=(256, 64, 16, 4))
+
+
+def make_model(seed=0, width=0.25, random_bn=True, bias_free=False, **cfg) -> ResNet1d:
+    """Reduced ResNet1d, He init; random BN statistics, or identity-like BNs and zero dense bias."""
+    torch.manual_seed(seed)
+    model = ResNet1d(ResNetConfig.scaled(width, **(cfg or CFG)))
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, nn.Conv1d):
+                nn.init.kaiming_normal_(mod.weight, nonlinearity="relu", generator=g)
+            elif isinstance(mod, nn.Linear):
+                nn.init.normal_(mod.weight, 0.0, mod.in_features**-0.5, generator=g)
+                if bias_free:
+                    mod.bias.zero_()
+            elif isinstance(mod, nn.BatchNorm1d) and random_bn and not bias_free:
+                c = mod.num_features
+                mod.running_mean.copy_(0.2 * torch.randn(c, generator=g))
+                mod.running_var.copy_(0.5 + torch.rand(c, generator=g))
+                mod.weight.copy_(0.5 + 0.5 * torch.rand(c, generator=g))
+                mod.bias.copy_(0.1 * torch.randn(c, generator=g))
+    # bias_free: BNs keep their defaults (mean 0, var 1, gamma 1, beta 0) = a per-channel scale only
+    return model.eval()
+
+
+def ecg_batch(n: int, length: int = N_SAMPLES, seed: int = 0) -> np.ndarray:
+    """Real CODE-15 exams (centre ``length`` samples) if available, else sums of sinusoids + noise."""
+    files = [DATA / f"pacient_{i}.hdf5" for i in range(1, n + 1)]
+    if all(f.exists() for f in files):
+        h5py = pytest.importorskip("h5py")
+        recs = []
+        for f in files:
+            with h5py.File(f, "r") as h:
+                recs.append(np.asarray(h["tracings"][0], dtype=np.float64).T)
+        x = np.stack(recs)
+        mid = x.shape[-1] // 2
+        return x[:, :, mid - length // 2 : mid + length // 2].astype(np.float32)
+    rng = np.random.default_rng(seed)
+    t = np.arange(length) / 400.0
+    out = np.empty((n, 12, length))
+    for i in range(n):
+        hr = rng.uniform(0.8, 1.8)
+        for lead in range(12):
+            a = rng.normal(0, 1, 3)
+            out[i, lead] = (
+                a[0] * np.sin(2 * np.pi * hr * t)
+                + 0.3 * a[1] * np.sin(2 * np.pi * 3 * hr * t + 1)
+                + 0.1 * a[2] * np.sin(2 * np.pi * 7 * hr * t)
+                + 0.05 * rng.normal(size=length)
+            )
+    return out.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_model()
+
+
+@pytest.fixture(scope="module")
+def bias_free():
+    return make_model(bias_free=True)
+
+
+@pytest.fixture(scope="module")
+def x():
+    return ecg_batch(3)
+
+
+def logits(model, x):
+    with torch.no_grad():
+        return model(torch.as_tensor(x)).numpy()
+
+
+# ---------------------------------------------------------------------------
+# the zennit import shim
+
+
+def test_import_zennit():
+    zennit = import_zennit()
+    assert hasattr(zennit, "composites") and hasattr(zennit.layer, "Sum")
+    assert import_zennit() is zennit
+    tv = sys.modules.get("torchvision")
+    # the stub never stays behind in sys.modules (default keep_stub=False)
+    assert not getattr(tv, "__ecgray_stub__", False)
+    if torchvision_is_stubbed():
+        # zennit's torchvision canonizers point at the inert placeholders
+        assert zennit.torchvision.ResNetBottleneck.__ecgray_stub__ is True
+        assert issubclass(zennit.torchvision.ResNetBasicBlock, nn.Module)
+        assert not any(isinstance(m, zennit.torchvision.ResNetBasicBlock) for m in make_model().modules())
+
+
+# ---------------------------------------------------------------------------
+# canonizers
+
+
+def test_canonized_forward_equals_original(model, x):
+    zennit = import_zennit()
+    from zennit.canonizers import SequentialMergeBatchNorm
+    from zennit.core import Composite
+
+    xt = torch.as_tensor(x)
+    ref = logits(model, x)
+    scale = np.abs(ref).max()
+    m = copy.deepcopy(model)
+    with torch.no_grad(), Composite(canonizers=lrp.resnet1d_canonizers()).context(m):
+        assert all(isinstance(u.canonizer_sum, zennit.layer.Sum) for u in m.units)
+        assert m.conv1.bias is not None and m.units[0].conv1.bias is not None  # BN folded in
+        out = m(xt).numpy()
+    assert np.abs(out - ref).max() <= 1e-5 * scale
+    # everything reverted on exit
+    assert not hasattr(m.units[0], "canonizer_sum") and m.conv1.bias is None
+    for (k, v), (k2, v2) in zip(m.state_dict().items(), model.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+    # why pairs are found structurally: zennit's order-based merge also folds bn2 (after the sum)
+    m2 = copy.deepcopy(model)
+    with torch.no_grad(), Composite(canonizers=[SequentialMergeBatchNorm()]).context(m2):
+        wrong = m2(xt).numpy()
+    assert np.abs(wrong - ref).max() > 0.01 * scale
+
+
+def test_lrp0_equals_input_x_gradient(model, x):
+    """On a ReLU network, LRP-0 with these rules (incl. epsilon on bn2, Norm at the sums) is Gradient x Input."""
+    res = attribute(model, x[:2], targets=["AF", "RBBB"], method="lrp_epsilon", epsilon=1e-9, stabilizer=1e-12)
+    xt = torch.as_tensor(x[:2]).clone().requires_grad_(True)
+    ref = []
+    for t in (4, 1):
+        (g,) = torch.autograd.grad(model(xt)[:, t].sum(), xt)
+        ref.append((xt * g).detach().numpy())
+    ref = np.stack(ref, axis=1)
+    assert np.abs(res.relevance - ref).max() <= 1e-4 * np.abs(ref).max()
+    # the default epsilon (1e-6) stays close to it
+    default = attribute(model, x[:2], targets=["AF", "RBBB"], method="lrp")
+    assert np.abs(default.relevance - ref).max() <= 2e-2 * np.abs(ref).max()
+
+
+# ---------------------------------------------------------------------------
+# conservation
+
+
+def test_conservation_bias_free(bias_free, x):
+    res = attribute(bias_free, x, method="lrp_epsilon")
+    # delta = sum(R) - logit (up to float32 summation over 12k values of both signs)
+    np.testing.assert_allclose(
+        res.delta, res.relevance.sum(axis=(2, 3)) - res.logits, atol=1e-5 * np.abs(res.relevance).sum(axis=(2, 3)).max()
+    )
+    rel = np.abs(res.delta) / np.abs(res.logits)
+    assert rel.max() <= 1e-3, rel.max()
+    prob = attribute(bias_free, x[:1], method="lrp_epsilon", output="probability")
+    np.testing.assert_allclose(prob.relevance.sum(axis=(2, 3)), prob.probabilities, rtol=1e-3)
+    assert prob.params["output"] == "probability"
+
+
+def test_conservation_alpha_beta_full_width():
+    """alpha-beta is exact where neurons have positive and negative contributions: full width, L = 256."""
+    m = make_model(width=1.0, bias_free=True, n_samples=256, samples=(64, 16, 4, 1))
+    res = attribute(m, ecg_batch(2, length=256), method="lrp_alpha_beta")
+    assert (np.abs(res.delta) / np.abs(res.logits)).max() <= 1e-3
+
+
+def test_residual_sum_canonizer_is_needed(bias_free, x, monkeypatch):
+    """Without the Sum canonizer the plain '+' copies the relevance to both branches: no conservation."""
+    good = attribute(bias_free, x[:1], targets=["AF", "SB"], method="lrp_epsilon")
+    assert (np.abs(good.delta) / np.abs(good.logits[:, [4, 3]])).max() <= 1e-3
+    only_merge = lrp.resnet1d_canonizers
+    monkeypatch.setattr(lrp, "resnet1d_canonizers", lambda: only_merge()[:1])
+    bad = attribute(bias_free, x[:1], targets=["AF", "SB"], method="lrp_epsilon")
+    assert (np.abs(bad.delta) / np.abs(bad.logits[:, [4, 3]])).max() > 1.0
+
+
+def test_conservation_random_bn_reported(model, x):
+    """With BN shifts and a dense bias, relevance is absorbed; the delta reports exactly how much."""
+    for method in ("lrp_epsilon", "lrp_alpha_beta"):
+        res = attribute(model, x, method=method)
+        assert np.isfinite(res.relevance).all()
+        np.testing.assert_allclose(
+            res.delta, res.relevance.sum(axis=(2, 3)) - res.logits, atol=1e-5 * np.abs(res.relevance).sum(axis=(2, 3)).max()
+        )
+        rel = np.abs(res.delta) / np.abs(res.logits)
+        rel_rec = np.abs(res.delta) / np.abs(res.logits).max(axis=1, keepdims=True)
+        print(f"{method}: |delta|/|logit| median {np.median(rel):.3f}; / record max |logit|: max {rel_rec.max():.3f}")
+        # regression guards (seen: median 0.27-0.34 / 0.08-0.09; max 0.47 / 0.18)
+        assert np.median(rel) < 0.75
+        assert rel_rec.max() < 1.0
+
+
+# ---------------------------------------------------------------------------
+# rules and parameters
+
+
+def test_first_rules(model, x):
+    flat = attribute(model, x[:1], targets=["AF"], method="lrp_epsilon", first_rule="flat")
+    r = flat.relevance[0, 0]
+    # Flat ignores the input: every stem filter spans all 12 leads -> identical leads (why it is not the default)
+    np.testing.assert_allclose(r, np.broadcast_to(r[:1], r.shape), rtol=1e-5, atol=1e-7)
+    box = attribute(model, x[:1], targets=["AF"], method="lrp_epsilon", first_rule="zbox", zbox_low=-5.0, zbox_high=5.0)
+    assert np.isfinite(box.relevance).all() and box.params["first_rule"] == "zbox"
+    per_lead = attribute(
+        model, x[:1], targets=["AF"], method="lrp", first_rule="zbox", zbox_low=np.full(12, -5.0), zbox_high=np.full(12, 5.0)
+    )
+    np.testing.assert_allclose(per_lead.relevance, box.relevance, rtol=1e-6, atol=1e-9)
+    assert per_lead.params["zbox_low"] == [-5.0] * 12
+    ab = attribute(model, x[:1], targets=["AF"], method="lrp_alpha_beta")
+    assert ab.params["first_rule"] == "same" and ab.params["alpha"] == 2.0 and ab.params["beta"] == 1.0
+    with pytest.raises(ValueError, match="zbox_low"):
+        attribute(model, x[:1], method="lrp", first_rule="zbox")
+    with pytest.raises(ValueError, match="alpha - beta"):
+        attribute(model, x[:1], method="lrp_alpha_beta", alpha=1.5)
+    with pytest.raises(ValueError, match="first_rule"):
+        attribute(model, x[:1], method="lrp", first_rule="gamma")
+
+
+def test_lrp_deterministic_and_model_untouched(model, x):
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    a = attribute(model, x[:2], targets=["AF", "LBBB"], method="lrp_alpha_beta")
+    b = attribute(model, x[:2], targets=["AF", "LBBB"], method="lrp_alpha_beta")
+    np.testing.assert_array_equal(a.relevance, b.relevance)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    assert model.conv1.bias is None and not hasattr(model.units[0], "canonizer_sum")
+    assert all(p.requires_grad for p in model.parameters())  # a fresh model's flags, restored
+    assert a.params["residual_rule"] == "zennit.layer.Sum + Norm" and a.params["conv_rule"] == "alpha_beta"
+
+
+def test_canonizers_work_with_stock_zennit_composites(model, x):
+    """``resnet1d_canonizers()`` is reusable with Zennit's own composites and attributors."""
+    import_zennit()
+    from zennit.attribution import Gradient
+    from zennit.composites import EpsilonAlpha2Beta1
+
+    m = copy.deepcopy(model)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    composite = EpsilonAlpha2Beta1(canonizers=lrp.resnet1d_canonizers())
+    xt = torch.as_tensor(x[:1])
+    with Gradient(model=m, composite=composite) as attributor:
+        out, rel = attributor(xt, torch.eye(6)[[4]])
+    assert rel.shape == xt.shape and torch.isfinite(rel).all()
+    assert not hasattr(m.units[0], "canonizer_sum")

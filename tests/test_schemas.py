@@ -1,0 +1,44 @@
+import pyarrow as pa
+import pytest
+
+from schemas.tables import SCHEMA_VERSION, TABLES, SchemaError, conform, empty, from_rows, schema
+
+
+def test_every_table_has_name_and_version_metadata():
+    for name in TABLES:
+        s = schema(name)
+        assert s.metadata[b"ecgray.table"] == name.encode()
+        assert s.metadata[b"ecgray.schema_version"] == str(SCHEMA_VERSION).encode()
+        assert empty(name).num_rows == 0
+
+
+def test_only_plain_columns():
+    # Polars and DuckDB must read every column: no extension or tensor types.
+    for name, s in TABLES.items():
+        for f in s:
+            t = f.type
+            while pa.types.is_list(t):
+                t = t.value_type
+            assert not isinstance(t, pa.ExtensionType), (name, f.name)
+            assert pa.types.is_primitive(t) or pa.types.is_string(t), (name, f.name, t)
+
+
+def test_conform_rejects_missing_extra_and_nulls():
+    row = {"run_id": "r", "record_id": "A1", "uri": "x", "stage": "read", "error_type": "bad_header", "message": "m"}
+    t = from_rows("errors", [row])
+    assert conform(t, "errors").num_rows == 1
+    with pytest.raises(SchemaError, match="missing"):
+        conform(t.drop_columns(["stage"]), "errors")
+    with pytest.raises(SchemaError, match="unexpected"):
+        conform(t.append_column("oops", pa.array([1])), "errors")
+    with pytest.raises(SchemaError, match="nulls"):
+        conform(pa.table({**{k: [v] for k, v in row.items()}, "record_id": pa.array([None], pa.string())}), "errors")
+    with pytest.raises(SchemaError, match="unknown columns"):
+        from_rows("errors", [{**row, "nope": 1}])
+
+
+def test_conform_reorders_and_casts_safely():
+    row = {"run_id": "r", "record_id": "A1", "uri": "x", "stage": "read", "error_type": "e", "message": "m"}
+    t = pa.table({k: [v] for k, v in reversed(list(row.items()))})
+    out = conform(t, "errors")
+    assert out.column_names == schema("errors").names
