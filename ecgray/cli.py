@@ -118,17 +118,12 @@ def explain(
     from .explain import ExplainConfig, explain as run_explain, new_run_id
 
     try:
-        from .attribution import available_methods
         from .models import load_model, model_id
 
         net = load_model(model, weights=weights)
     except ModelError as exc:
         fail(str(exc))
-    methods = [m.strip() for item in method for m in item.split(",") if m.strip()]
-    known = available_methods()
-    for m in methods:
-        if m not in known:
-            fail(f"unknown method {m!r}; choose from {', '.join(sorted(known))}")
+    methods = _resolve_methods(method)
     targets = _parse_targets(target)
     for t in targets or []:
         if t not in net.classes:
@@ -138,15 +133,12 @@ def explain(
     uris = _expand(records)
     if not uris:
         fail("no records found in " + " ".join(records))
-    params = _parse_params(param)
     cfg = ExplainConfig(model_name=model, model_id=model_id(net), methods=methods, targets=targets, output=output_kind,
-                        params={m: params for m in methods}, keep_relevance=not summary_only, batch_size=batch_size)
+                        params=_method_params(methods, _parse_params(param)), keep_relevance=not summary_only,
+                        batch_size=batch_size)
     run_id = new_run_id()
     t0 = time.perf_counter()
-    try:
-        tables = run_explain(net, uris, cfg, run_id=run_id, labels_csv=labels, policy=policy, stride_s=stride)
-    except TypeError as exc:  # a method parameter it does not take
-        fail(f"bad method parameter: {exc}")
+    tables = run_explain(net, uris, cfg, run_id=run_id, labels_csv=labels, policy=policy, stride_s=stride)
     dt = time.perf_counter() - t0
     out.parent.mkdir(parents=True, exist_ok=True)
     main = tables["relevance_summary" if summary_only else "relevance"]
@@ -165,6 +157,49 @@ def explain(
     pq.write_table(recs, out.with_name(out.stem + ".records.parquet"))
     if recs.num_rows == 0:
         raise typer.Exit(1)
+
+
+def _resolve_methods(items: list[str]) -> list[str]:
+    """Method names or aliases (``ig``, ``lrp``, comma-separated) -> canonical names, in order, once each."""
+    from .attribution import available_methods, resolve_method
+
+    out: list[str] = []
+    for m in (m.strip() for item in items for m in item.split(",")):
+        if not m:
+            continue
+        try:
+            name = resolve_method(m).name
+        except ValueError:
+            fail(f"unknown method {m!r}; choose from {', '.join(available_methods())}")
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def _method_params(methods: list[str], params: dict) -> dict[str, dict]:
+    """Route ``KEY=VALUE`` to every method that takes KEY, ``METHOD.KEY=VALUE`` to one method."""
+    from .attribution import resolve_method
+
+    routed: dict[str, dict] = {m: {} for m in methods}
+    for key, value in params.items():
+        if "." in key:
+            m, k = key.split(".", 1)
+            try:
+                name = resolve_method(m).name
+            except ValueError:
+                fail(f"--param {key}: unknown method {m!r}")
+            if name not in routed:
+                fail(f"--param {key}: method {name} is not among --method {','.join(methods)}")
+            if k not in resolve_method(name).defaults:
+                fail(f"--param {key}: {name} takes {', '.join(sorted(resolve_method(name).defaults)) or 'no parameters'}")
+            routed[name][k] = value
+            continue
+        takers = [m for m in methods if key in resolve_method(m).defaults]
+        if not takers:
+            fail(f"--param {key}: none of {', '.join(methods)} takes it")
+        for m in takers:
+            routed[m][key] = value
+    return routed
 
 
 def _print_probabilities(recs, classes) -> None:
@@ -210,10 +245,14 @@ def models() -> None:
 @app.command()
 def methods() -> None:
     """List the attribution methods."""
-    from .attribution import available_methods
+    from .attribution import available_methods, resolve_method
 
-    for name, desc in available_methods().items():
-        console.print(f"[bold]{name}[/]: {desc}", highlight=False)
+    for name, aliases in available_methods(aliases=True).items():
+        cls = resolve_method(name)
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        params = ", ".join(f"{k}={v!r}" for k, v in cls.defaults.items() if not hasattr(v, "shape"))
+        alias = f" (alias {', '.join(aliases)})" if aliases else ""
+        console.print(f"[bold]{name}[/]{alias}: {doc}\n    parameters: {params or 'none'}", highlight=False)
 
 
 @app.command()

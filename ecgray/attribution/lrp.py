@@ -395,7 +395,7 @@ class LRPEpsilon(_LRP):
 
 @register_method
 class LRPAlphaBeta(_LRP):
-    """LRP with alpha-beta (2, 1) on the convs after the stem, epsilon on the dense layer."""
+    """LRP with alpha-beta (2, 1) on every conv (the stem too: first_rule="same"), epsilon on the dense layer."""
 
     name = "lrp_alpha_beta"
     aliases = ("lrp_ab", "lrp_alpha2_beta1", "lrpalphabeta")
