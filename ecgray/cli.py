@@ -268,6 +268,169 @@ def synth(
     console.print(f"wrote {len(paths)} records to {out_dir}")
 
 
+@app.command("run")
+def run_pipeline(
+    input: str = typer.Option(..., "--input", "-i", help="Folder or s3:// prefix with the records (WFDB and/or CODE-15 HDF5)."),
+    output: str = typer.Option(..., "--output", "-o", help="Output folder or s3:// prefix (sharded Parquet tables + commit markers)."),
+    model: str = typer.Option("demo", "--model", "-m", help="Model name (see `ecgray models`) or a .hdf5/.h5/.safetensors file."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Weights file (or seed for 'random') of a named model."),
+    method: List[str] = typer.Option(["saliency"], "--methods", "--method", help="Attribution method(s), comma-separated or repeated."),
+    target: Optional[List[str]] = typer.Option(None, "--targets", "--target", "-t", help="Target classes (AF,LBBB) or 'all' (default)."),
+    output_kind: str = typer.Option("logit", "--output-kind", help="Attribute the 'logit' or the 'probability'."),
+    param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="Method parameter KEY=VALUE (or METHOD.KEY=VALUE)."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="REFERENCE.csv (CPSC) or ptbxl_database.csv."),
+    policy: str = typer.Option("first", "--window", help="Records longer than 4096 samples at 400 Hz: first, centre or windows."),
+    shard_size: int = typer.Option(32, "--shard-size", help="Records per shard (the unit of work, write and resume)."),
+    resume: bool = typer.Option(False, "--resume", help="Skip shards already committed in OUTPUT."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete a previous output in OUTPUT first."),
+    keep_relevance: bool = typer.Option(False, "--keep-relevance", help="Also write the full per-sample relevance table."),
+    num_actors: Optional[int] = typer.Option(None, "--num-actors", help="Attribution actors (default: one per GPU, else 1)."),
+    gpu: Optional[bool] = typer.Option(None, "--gpu/--no-gpu", help="Attribute on GPUs (default: if the cluster has any)."),
+    autocast: bool = typer.Option(False, "--autocast", help="bf16 autocast for attribution (CUDA only; ignored on CPU)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Rows per attribution call."),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="Run id stored in every row (default: random)."),
+) -> None:
+    """Explain every record under --input with Ray Data; sharded, resumable Parquet tables under --output.
+
+    Connects to RAY_ADDRESS if set, else starts a local Ray instance.
+    """
+    import json
+    import os
+
+    from .errors import ModelError
+
+    methods = _resolve_methods(method)
+    targets = _parse_targets(target)
+    params = _method_params(methods, _parse_params(param))
+    if output_kind not in ("logit", "probability"):
+        fail("--output-kind must be 'logit' or 'probability'")
+    if resume and overwrite:
+        fail("--resume and --overwrite exclude each other")
+    import ray
+
+    from .pipeline import PipelineError, print_summary, run as run_dataset
+
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS") or "local"
+        ray.init(address=address, **({"include_dashboard": False} if address == "local" else {}))
+    try:
+        summary = run_dataset(input, output, model=model, weights=weights, methods=methods, targets=targets,
+                              output_kind=output_kind, params=params, shard_size=shard_size, policy=policy,
+                              labels_csv=labels, keep_relevance=keep_relevance, resume=resume, overwrite=overwrite,
+                              num_attr_actors=num_actors, use_gpu=gpu, autocast=autocast, batch_size=batch_size,
+                              run_id=run_id)
+    except (PipelineError, ModelError, FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    print_summary(summary, console)
+    console.print("summary: " + json.dumps(summary.to_dict(), default=str), highlight=False, soft_wrap=True)
+    if summary.records and summary.records_ok == 0:
+        raise typer.Exit(1)
+
+
+@app.command("train-demo")
+def train_demo_cmd(
+    seed: int = typer.Option(0, "--seed", help="Seed of the training data, initialisation and batch order."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Weights file (default: the packaged demo.safetensors; demo.json is written beside it)."),
+    n_per_class: Optional[int] = typer.Option(None, "--n-per-class", help="Training records per class (default: TrainConfig's)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default: TrainConfig's)."),
+    width: Optional[float] = typer.Option(None, "--width", help="Filter width multiplier (default: TrainConfig's)."),
+) -> None:
+    """Train the demo model (narrow Ribeiro ResNet) on synthetic ECGs; write weights + demo.json provenance."""
+    import dataclasses
+
+    from .train import TrainConfig, train_demo
+
+    cfg = TrainConfig(seed=seed)
+    changes = {k: v for k, v in (("n_per_class", n_per_class), ("epochs", epochs), ("width", width)) if v is not None}
+    cfg = dataclasses.replace(cfg, **changes)
+    cmd = "ecgray train-demo --seed {}".format(seed) + "".join(
+        f" --{k.replace('_', '-')} {v}" for k, v in changes.items()) + (f" --out {out}" if out else "")
+    info = train_demo(seed, out=out, cfg=cfg, command=cmd, log=lambda m: console.print(m, highlight=False))
+    ho = info["held_out"]
+    t = Table(title=f"held-out (seed {info['held_out_seed']}, n={ho['n']}): exact-match accuracy {ho['overall_accuracy']:.3f}")
+    for c in ("class", "n pos", "accuracy", "AUC", "F1"):
+        t.add_column(c, justify="left" if c == "class" else "right")
+    for c, m in ho["per_class"].items():
+        t.add_row(c, str(m["n_pos"]), f"{m['accuracy']:.3f}", "" if m["auc"] is None else f"{m['auc']:.3f}",
+                  "" if m["f1"] is None else f"{m['f1']:.3f}")
+    console.print(t)
+    console.print(f"model {info['model_id']} trained in {info['train_wall_s']:.0f} s -> "
+                  f"{out or 'ecgray/models/weights/demo.safetensors'} (+ .json)")
+
+
+@app.command("check")
+def check_cmd(
+    model: str = typer.Option("demo", "--model", "-m", help="Model name or weights file."),
+    n: int = typer.Option(20, "-n", "--n-per-class", help="Held-out synthetic records per class (normal, AF, LBBB)."),
+    seed: int = typer.Option(2000, "--seed", help="Seed of the held-out synthetic set (training used 0 and 1000)."),
+    method: List[str] = typer.Option(["integrated_gradients", "lrp_epsilon", "lrp_alpha_beta", "saliency"], "--method",
+                                     help="Attribution method(s); repeat or comma-separate."),
+    n_steps: int = typer.Option(32, "--n-steps", help="Integrated-gradients steps."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the result table as Parquet."),
+) -> None:
+    """Ground-truth check: relevance inside the planted AF/LBBB features vs outside, on held-out synthetic ECGs."""
+    from .check import print_check, run_check
+    from .errors import ModelError
+
+    try:
+        from .models import load_model
+
+        net = load_model(model)
+    except ModelError as exc:
+        fail(str(exc))
+    tbl, info = run_check(net, n_per_class=n, seed=seed, methods=_resolve_methods(method), n_steps=n_steps)
+    print_check(tbl, info, console)
+    if out:
+        import pyarrow.parquet as pq
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(tbl, out)
+        console.print(f"wrote {out}")
+
+
+@app.command("reduce")
+def reduce_cmd(
+    output: str = typer.Argument(..., help="Pipeline output folder or s3:// prefix (committed shards are read)."),
+    threshold: float = typer.Option(0.5, "--threshold", help="Probability threshold for predicted / TP, FP, FN, TN."),
+    n_bins: int = typer.Option(10, "--bins", help="Equal probability bins on [0, 1]."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the class_probability CIs."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    dest: Optional[str] = typer.Option(None, "--dest", help="Where to write the tables (default OUTPUT/reduced)."),
+) -> None:
+    """Reduce a pipeline output to per-class, per-lead and per-beat tables (OUTPUT/reduced/*.parquet)."""
+    from .reduce import reduce as run_reduce
+
+    t0 = time.perf_counter()
+    try:
+        tables = run_reduce(output, threshold=threshold, n_bins=n_bins, n_boot=n_boot, seed=seed, dest=dest)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    sizes = ", ".join(f"{k} {v.height}" for k, v in tables.items())
+    console.print(f"reduced {output} in {time.perf_counter() - t0:.1f} s: {sizes} rows", highlight=False, soft_wrap=True)
+
+
+@app.command("report")
+def report_cmd(
+    output: str = typer.Argument(..., help="Pipeline output folder or s3:// prefix."),
+    dest: Optional[str] = typer.Option(None, "--dest", help="Report folder (default OUTPUT/report)."),
+    threshold: float = typer.Option(0.5, "--threshold", help="Probability threshold (used when reducing)."),
+    rerun_reduce: bool = typer.Option(False, "--reduce", help="Recompute OUTPUT/reduced even if it exists."),
+    method: Optional[List[str]] = typer.Option(None, "--method", help="Only these methods (repeat or comma-separate)."),
+    target: Optional[List[str]] = typer.Option(None, "--target", "-t", help="Only these classes (repeat or comma-separate)."),
+) -> None:
+    """Self-contained HTML report (OUTPUT/report/index.html + PNGs) of a pipeline output."""
+    from .report import report as run_report
+
+    methods = [m.strip() for item in method or [] for m in item.split(",") if m.strip()] or None
+    t0 = time.perf_counter()
+    try:
+        path = run_report(output, dest=dest, threshold=threshold, rerun_reduce=rerun_reduce, methods=methods,
+                          targets=_parse_targets(target))
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+    console.print(f"wrote {path} in {time.perf_counter() - t0:.1f} s", highlight=False, soft_wrap=True)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 CLASSES = ("1dAVb", "RBBB", "LBBB", "SB", "AF", "ST")
 LEADS = ("DI", "DII", "DIII", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6")
@@ -93,7 +93,9 @@ TABLES: dict[str, pa.Schema] = {
             pa.field("signal", pa.float32()),
             pa.field("relevance", pa.float32()),
             pa.field("n_beats", pa.int32()),
-            pa.field("quality", pa.string()),
+            pa.field("quality", pa.string()),  # ok, fallback_lead, few_beats, no_beats (see ecgray.beats)
+            pa.field("lead_used", pa.string()),  # lead the R-peaks were detected on
+            pa.field("heart_rate_bpm", pa.float32()),  # 60 / median RR of the detected beats
         ]
     ),
     # One row per record (or record window) that could not be processed.
@@ -108,6 +110,99 @@ TABLES: dict[str, pa.Schema] = {
         ]
     ),
 }
+
+# --------------------------------------------------------------------------------------------
+# Reduced tables (``ecgray.reduce``: ``<output>/reduced/<name>.parquet``), one file each.
+# A "record" below is one record window (record_id, window). The group of a record for a
+# target is "positive" (label_<target>), "normal" (label_normal) or "other" (neither, or
+# labels unknown). CIs are 95 %.
+_reduced_key = [
+    pa.field("method", pa.string(), nullable=False),
+    pa.field("target", pa.string(), nullable=False),
+    pa.field("group", pa.string(), nullable=False),  # "positive" | "normal" | "other"
+]
+TABLES.update({
+    # One row per record x method x target: relevance_sum = sum over leads of relevance_summary.sum
+    # (the record's total relevance for the target); outcome from probability >= threshold vs label.
+    "class_probability_points": pa.schema(
+        _key
+        + [
+            pa.field("method", pa.string(), nullable=False),
+            pa.field("target", pa.string(), nullable=False),
+            pa.field("group", pa.string(), nullable=False),
+            pa.field("probability", pa.float64()),
+            pa.field("relevance_sum", pa.float64()),
+            pa.field("label", pa.bool_()),  # label_<target>; null when unknown
+            pa.field("predicted", pa.bool_()),  # probability >= threshold
+            pa.field("outcome", pa.string()),  # "TP" | "FP" | "FN" | "TN"; null when the label is unknown
+        ]
+    ),
+    # One row per method x target x group x probability bin (n_bins equal bins on [0, 1], the last
+    # one closed): mean of relevance_sum with a seeded percentile-bootstrap 95 % CI.
+    "class_probability": pa.schema(
+        _reduced_key
+        + [
+            pa.field("bin", pa.int32(), nullable=False),
+            pa.field("bin_low", pa.float64(), nullable=False),
+            pa.field("bin_high", pa.float64(), nullable=False),
+            pa.field("n", pa.int64(), nullable=False),
+            pa.field("mean_probability", pa.float64()),
+            pa.field("mean_relevance_sum", pa.float64()),
+            pa.field("ci_low", pa.float64()),
+            pa.field("ci_high", pa.float64()),
+            pa.field("n_boot", pa.int32(), nullable=False),
+        ]
+    ),
+    # One row per method x target x group x lead: the lead's relevance (relevance_summary.sum) over
+    # records, normal-approximation CI (mean +- 1.96 sd / sqrt(n)), share of the record's absolute
+    # relevance (abs_sum / sum of abs_sum over leads, averaged over records), rank (1 = largest mean).
+    "lead_relevance": pa.schema(
+        _reduced_key
+        + [
+            pa.field("lead", pa.string(), nullable=False),
+            pa.field("n", pa.int64(), nullable=False),
+            pa.field("mean_relevance", pa.float64()),
+            pa.field("sd_relevance", pa.float64()),
+            pa.field("ci_low", pa.float64()),
+            pa.field("ci_high", pa.float64()),
+            pa.field("share_abs", pa.float64()),
+            pa.field("rank", pa.int32()),
+        ]
+    ),
+    # One row per method x target x group x lead x offset_ms (ms from the R-peak): the average beat's
+    # signal and relevance averaged over records, normal-approximation CIs.
+    "beat_relevance": pa.schema(
+        _reduced_key
+        + [
+            pa.field("lead", pa.string(), nullable=False),
+            pa.field("offset_ms", pa.float32(), nullable=False),
+            pa.field("n", pa.int64(), nullable=False),
+            pa.field("mean_signal", pa.float64()),
+            pa.field("signal_ci_low", pa.float64()),
+            pa.field("signal_ci_high", pa.float64()),
+            pa.field("mean_relevance", pa.float64()),
+            pa.field("ci_low", pa.float64()),
+            pa.field("ci_high", pa.float64()),
+        ]
+    ),
+    # One row per method x target x group x lead x wave (fixed windows around the R-peak, both ends
+    # included): per record the mean beat relevance over the window, then mean over records with a
+    # normal-approximation CI; sign "+" / "-" when the CI excludes 0, else "0".
+    "wave_relevance": pa.schema(
+        _reduced_key
+        + [
+            pa.field("lead", pa.string(), nullable=False),
+            pa.field("wave", pa.string(), nullable=False),  # "P" | "QRS" | "T"
+            pa.field("start_ms", pa.float64(), nullable=False),
+            pa.field("end_ms", pa.float64(), nullable=False),
+            pa.field("n", pa.int64(), nullable=False),
+            pa.field("mean_relevance", pa.float64()),
+            pa.field("ci_low", pa.float64()),
+            pa.field("ci_high", pa.float64()),
+            pa.field("sign", pa.string()),
+        ]
+    ),
+})
 
 
 class SchemaError(ValueError):

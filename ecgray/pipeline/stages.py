@@ -1,0 +1,354 @@
+"""The four stages of the Ray Data plan. One row = one shard everywhere.
+
+Rows travel between stages as ``pa.Table``\\ s with two columns, ``shard``
+(string) and ``payload`` (large_binary: a pickled dict), so Ray Data never
+holds tensor-extension columns and every stage sees a whole shard:
+
+* :func:`read_preprocess` (task) -- ``prepare`` each record of the shard: stacked
+  windows ``x (W, 12, 4096)``, per-window metadata, error rows;
+* :class:`AttributeActor` (actor pool) -- loads the model once; probabilities and
+  full relevance of every window x target x method (``ecgray.attribution.attribute``);
+* :func:`beats_and_tables` (task) -- beat averages and the Arrow tables
+  (``records``, ``relevance_summary``, ``beats``, ``errors``[, ``relevance``]) as IPC bytes;
+* :func:`write_shard` (task) -- Parquet files moved into place, commit marker last;
+  returns one tiny row of counts and stage times.
+
+Fault injection (tests only): ``faults={"stage": ..., "mode": "exit"|"raise",
+"shards": [...], "marker_dir": path}`` kills (``os._exit``) or raises in the
+first attempt of ``stage`` for the listed shards; a marker file per shard
+makes the retry succeed.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow as pa
+
+from schemas.tables import LEADS, conform, empty, from_rows
+
+log = logging.getLogger("ecgray.pipeline")
+
+BEAT_LEAD = "DII"
+BEAT_WINDOW_MS = (-300, 500)
+FS = 400
+
+
+# --------------------------------------------------------------------------- row (de)serialisation
+def pack(shard: str, payload: dict) -> pa.Table:
+    data = pickle.dumps(payload, protocol=5)
+    return pa.table({"shard": pa.array([shard], pa.string()), "payload": pa.array([data], pa.large_binary())})
+
+
+def unpack(batch: pa.Table) -> list[tuple[str, dict]]:
+    shards = batch.column("shard").to_pylist()
+    payloads = batch.column("payload")
+    return [(s, pickle.loads(payloads[i].as_py())) for i, s in enumerate(shards)]
+
+
+def concat_rows(tables: list[pa.Table]) -> pa.Table:
+    return pa.concat_tables(tables) if len(tables) != 1 else tables[0]
+
+
+def to_ipc(tbl: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, tbl.schema) as w:
+        w.write_table(tbl)
+    return sink.getvalue().to_pybytes()
+
+
+def from_ipc(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+
+
+def maybe_fail(faults, stage: str, shard: str) -> None:
+    """Test hook: die or raise on the first attempt of ``stage`` for the chosen shards.
+
+    ``faults`` is one spec or a list of specs ``{"stage", "mode": "exit"|"raise", "shards": [...]|"all",
+    "marker_dir"}``; stages: read, attribute, beats, write (before any file), commit (files moved, no marker).
+    """
+    if not faults:
+        return
+    for spec in faults if isinstance(faults, (list, tuple)) else [faults]:
+        if spec.get("stage") != stage:
+            continue
+        shards = spec.get("shards", "all")
+        if shards != "all" and shard not in shards:
+            continue
+        marker = os.path.join(spec["marker_dir"], f"{stage}-{shard}")
+        if os.path.exists(marker):
+            continue
+        with open(marker, "w") as f:
+            f.write(str(os.getpid()))
+        if spec.get("mode", "raise") == "exit":
+            os._exit(1)
+        raise RuntimeError(f"injected fault in {stage} for shard {shard}")
+
+
+# --------------------------------------------------------------------------- stage 1: read
+def _record_meta(rec) -> SimpleNamespace:
+    """What the tables need of a Record, without its signal."""
+    lab = rec.labels
+    return SimpleNamespace(
+        record_id=rec.record_id, uri=rec.uri, dataset=rec.dataset, format=rec.format, fs=float(rec.fs),
+        # _records_rows reads only signal.shape[0]: a zero-byte stand-in with the right shape
+        signal=np.broadcast_to(np.float32(0), (int(rec.signal.shape[0]), 1)),
+        labels=SimpleNamespace(normal=bool(lab.normal), raw=tuple(lab.raw), scheme=lab.scheme,
+                               classes=dict(lab.classes)),
+    )
+
+
+def _n_resampled(n: int, fs_in: float) -> int:
+    from ecgray.preprocess import resample_factors
+
+    up, down = resample_factors(float(fs_in))
+    return n if up == down else -(-n * up // down)
+
+
+def read_preprocess(batch: pa.Table, *, run_id: str, labels_csv: str | None, policy: str,
+                    stride_s: float | None = None, max_windows: int | None = None,
+                    faults: dict | None = None) -> pa.Table:
+    from ecgray.explain import prepare
+
+    out = []
+    for shard, spec in unpack(batch):
+        maybe_fail(faults, "read", shard)
+        t0 = time.perf_counter()
+        recs, wins, xs, errors = [], [], [], []
+        for item in spec["items"]:
+            if item.get("error"):
+                errors.append({"run_id": run_id, "record_id": item["record_id"], "uri": item["uri"], "stage": "read",
+                               "error_type": item.get("error_type") or "unreadable", "message": item["error"]})
+                continue
+            prep, err = prepare(item["uri"], run_id=run_id, labels_csv=labels_csv, policy=policy,
+                                stride_s=stride_s, max_windows=max_windows)
+            if err is not None:
+                errors.append(err)
+                continue
+            meta = _record_meta(prep.record)
+            n_res = _n_resampled(meta.signal.shape[0], meta.fs)
+            for w in prep.windows:
+                xs.append(w.x)
+                w_meta = SimpleNamespace(record_id=w.record_id, window=int(w.window), offset=int(w.offset),
+                                         fs_in=float(w.fs_in), n_samples_in=int(w.n_samples_in),
+                                         flags=tuple(w.flags), n_resampled=int(n_res))
+                recs.append(meta)
+                wins.append(w_meta)
+        x = np.stack(xs).astype(np.float32, copy=False) if xs else np.zeros((0, 12, 4096), np.float32)
+        payload = {**spec, "recs": recs, "wins": wins, "x": x, "errors": errors,
+                   "times": {"read": time.perf_counter() - t0}}
+        out.append(pack(shard, payload))
+    return concat_rows(out)
+
+
+# --------------------------------------------------------------------------- stage 2: attribute
+class AttributeActor:
+    """Loads the model once per actor; attributes whole shards."""
+
+    def __init__(self, *, model: str, weights: str | None, methods: list[str], targets: list[str] | None,
+                 output: str, params: dict, batch_size: int, use_gpu: bool = False, autocast: bool | None = None,
+                 torch_threads: int | None = None, faults: dict | None = None):
+        import torch
+
+        from ecgray.models import load_model
+
+        if torch_threads:
+            torch.set_num_threads(int(torch_threads))
+        self.device = "cuda" if (use_gpu and torch.cuda.is_available()) else "cpu"
+        self.model = load_model(model, weights=weights, device=self.device)
+        self.methods, self.targets, self.output = list(methods), targets, output
+        self.params, self.batch_size, self.faults = params, batch_size, faults
+        self.autocast = bool(autocast) and self.device == "cuda"
+        if autocast and self.device != "cuda":
+            log.info("autocast requested but the actor runs on CPU: ignored (float32)")
+
+    def _attribute(self, x: np.ndarray) -> dict:
+        import contextlib
+
+        import torch
+
+        from ecgray.attribution import attribute
+
+        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
+        res = {}
+        with ctx:
+            for m in self.methods:
+                res[m] = attribute(self.model, x, targets=self.targets, method=m, output=self.output,
+                                   batch_size=self.batch_size, **self.params.get(m, {}))
+        return res
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from ecgray.explain import error_row
+
+        out = []
+        for shard, p in unpack(batch):
+            maybe_fail(self.faults, "attribute", shard)
+            t0 = time.perf_counter()
+            attrs: dict = {}
+            if len(p["x"]):
+                try:
+                    attrs = self._attribute(p["x"])
+                except Exception:  # noqa: BLE001 - isolate the failing record(s), keep the rest
+                    attrs = self._per_record(p, error_row)
+            p["attrs"] = attrs
+            p["times"]["attribute"] = time.perf_counter() - t0
+            out.append(pack(shard, p))
+        return concat_rows(out)
+
+    def _per_record(self, p: dict, error_row) -> dict:
+        """Fallback after a failed shard: attribute record by record; failures become error rows."""
+        keep, parts = [], []
+        ids = [w.record_id for w in p["wins"]]
+        for rid in dict.fromkeys(ids):
+            idx = [i for i, r in enumerate(ids) if r == rid]
+            try:
+                parts.append(self._attribute(p["x"][idx]))
+                keep.extend(idx)
+            except Exception as exc:  # noqa: BLE001
+                p["errors"].append(error_row(p["run_id"], rid, p["recs"][idx[0]].uri, exc, "attribute"))
+        p["x"] = p["x"][keep]
+        p["recs"] = [p["recs"][i] for i in keep]
+        p["wins"] = [p["wins"][i] for i in keep]
+        if not parts:
+            return {}
+        merged = {}
+        for m in self.methods:
+            first = parts[0][m]
+            merged[m] = type(first)(
+                relevance=np.concatenate([a[m].relevance for a in parts]),
+                probabilities=np.concatenate([a[m].probabilities for a in parts]),
+                logits=np.concatenate([a[m].logits for a in parts]),
+                targets=first.targets, method=first.method, params=first.params,
+                delta=None if first.delta is None else np.concatenate([a[m].delta for a in parts]),
+            )
+        return merged
+
+
+# --------------------------------------------------------------------------- stage 3: beats + tables
+def _dict_strings(values, indices: np.ndarray) -> pa.Array:
+    return pa.DictionaryArray.from_arrays(pa.array(np.asarray(indices, np.int32)), pa.array(list(values), pa.string()))
+
+
+def _beats_table(run_id: str, cfg, p: dict, average_beats) -> pa.Table:
+    """Long ``beats`` table: window x method x target x lead x offset_ms."""
+    methods = list(p["attrs"])
+    parts = []
+    for i, (rec, w) in enumerate(zip(p["recs"], p["wins"])):
+        rel = np.stack([p["attrs"][m].relevance[i] for m in methods])  # (M, T, 12, L)
+        targets = list(p["attrs"][methods[0]].targets)
+        L = rel.shape[-1]
+        start = max(0, -w.offset)
+        valid = (start, min(L, start + w.n_resampled - max(0, w.offset)))
+        avg = average_beats(p["x"][i], rel, fs=FS, lead=BEAT_LEAD, window_ms=BEAT_WINDOW_MS, valid=valid)
+        M, T, n_leads, K = avg.relevance.shape
+        n = M * T * n_leads * K
+        mi = np.repeat(np.arange(M), T * n_leads * K)
+        ti = np.tile(np.repeat(np.arange(T), n_leads * K), M)
+        li = np.tile(np.repeat(np.arange(n_leads), K), M * T)
+        parts.append(pa.table({
+            "run_id": _dict_strings([run_id], np.zeros(n)),
+            "model": _dict_strings([cfg.model_name], np.zeros(n)),
+            "model_id": _dict_strings([cfg.model_id], np.zeros(n)),
+            "record_id": _dict_strings([rec.record_id], np.zeros(n)),
+            "window": pa.array(np.full(n, w.window, np.int32)),
+            "method": _dict_strings(methods, mi),
+            "target": _dict_strings(targets, ti),
+            "output": _dict_strings([cfg.output], np.zeros(n)),
+            "lead": _dict_strings(LEADS[:n_leads], li),
+            "offset_ms": pa.array(np.tile(np.asarray(avg.offsets_ms, np.float32), M * T * n_leads)),
+            "signal": pa.array(np.tile(np.asarray(avg.signal, np.float32).reshape(-1), M * T)),
+            "relevance": pa.array(np.asarray(avg.relevance, np.float32).reshape(-1)),
+            "n_beats": pa.array(np.full(n, int(avg.n_beats), np.int32)),
+            "quality": _dict_strings([str(avg.quality)], np.zeros(n)),
+            "lead_used": _dict_strings([str(avg.lead_used)], np.zeros(n)),
+            "heart_rate_bpm": pa.array(np.full(n, avg.heart_rate_bpm, np.float32)),
+        }))
+    if not parts:
+        return empty("beats")
+    return conform(pa.concat_tables(parts), "beats")
+
+
+def _load_beats():
+    try:
+        from ecgray.beats import average_beats
+    except ImportError:
+        return None
+    return average_beats
+
+
+def beats_and_tables(batch: pa.Table, *, run_id: str, cfg, with_beats: bool = True,
+                     faults: dict | None = None) -> pa.Table:
+    from ecgray.explain import _per_lead_tables, _records_rows, error_row
+
+    from schemas.tables import CLASSES
+
+    average_beats = _load_beats() if with_beats else None
+    out = []
+    for shard, p in unpack(batch):
+        maybe_fail(faults, "beats", shard)
+        t0 = time.perf_counter()
+        tables: dict[str, list[pa.Table]] = {"records": [], "relevance_summary": []}
+        if cfg.keep_relevance:
+            tables["relevance"] = []
+        beats = empty("beats")
+        if p["attrs"]:
+            items = list(zip(p["recs"], p["wins"]))
+            classes = CLASSES
+            for m, attr in p["attrs"].items():
+                for name, tbl in _per_lead_tables(run_id, cfg, items, attr, m, classes).items():
+                    tables[name].append(tbl)
+            probs = next(iter(p["attrs"].values())).probabilities
+            tables["records"].append(_records_rows(run_id, cfg, items, probs))
+            if average_beats is not None:
+                try:
+                    beats = _beats_table(run_id, cfg, p, average_beats)
+                except Exception as exc:  # noqa: BLE001 - a beats failure must not lose the shard
+                    log.exception("beats failed for shard %s", shard)
+                    for rid, uri in dict.fromkeys((r.record_id, r.uri) for r in p["recs"]):
+                        p["errors"].append(error_row(run_id, rid, uri, exc, "beats"))
+                        # the record's other tables are kept; the error row says its beats are missing
+        result = {name: (pa.concat_tables(v) if v else empty(name)) for name, v in tables.items()}
+        result["beats"] = beats
+        result["errors"] = from_rows("errors", p["errors"])
+        p["times"]["beats"] = time.perf_counter() - t0
+        payload = {"shard": shard, "record_hash": p["record_hash"], "times": p["times"],
+                   "ipc": {name: to_ipc(t) for name, t in result.items()}}
+        out.append(pack(shard, payload))
+    return concat_rows(out)
+
+
+# --------------------------------------------------------------------------- stage 4: write
+RESULT_SCHEMA = pa.schema([
+    ("shard", pa.string()), ("records_ok", pa.int64()), ("errors", pa.int64()), ("windows", pa.int64()),
+    ("rows_relevance_summary", pa.int64()), ("rows_beats", pa.int64()), ("t_read", pa.float64()),
+    ("t_attribute", pa.float64()), ("t_beats", pa.float64()), ("t_write", pa.float64()),
+])
+
+
+def write_shard(batch: pa.Table, *, output: str, run_id: str, faults: dict | None = None) -> pa.Table:
+    from .store import Store
+
+    store = Store(output)
+    rows = []
+    for shard, p in unpack(batch):
+        maybe_fail(faults, "write", shard)
+        t0 = time.perf_counter()
+        tables = {name: from_ipc(b) for name, b in p["ipc"].items()}
+        recs = tables["records"]
+        n_ok = len(set(recs.column("record_id").to_pylist()))
+        errs = tables["errors"]
+        n_err = len(set(errs.column("record_id").to_pylist()) - set(recs.column("record_id").to_pylist()))
+        store.write_shard(shard, tables, run_id=run_id, record_hash=p["record_hash"],
+                          extra={"records_ok": n_ok, "records_error": n_err, "times": p["times"]},
+                          before_commit=lambda: maybe_fail(faults, "commit", shard))
+        t = p["times"]
+        rows.append({"shard": shard, "records_ok": n_ok, "errors": n_err, "windows": recs.num_rows,
+                     "rows_relevance_summary": tables["relevance_summary"].num_rows,
+                     "rows_beats": tables["beats"].num_rows, "t_read": t.get("read", 0.0),
+                     "t_attribute": t.get("attribute", 0.0), "t_beats": t.get("beats", 0.0),
+                     "t_write": time.perf_counter() - t0})
+    return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
