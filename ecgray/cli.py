@@ -431,6 +431,33 @@ def report_cmd(
     console.print(f"wrote {path} in {time.perf_counter() - t0:.1f} s", highlight=False, soft_wrap=True)
 
 
+@app.command("demo")
+def demo_cmd(
+    out_dir: Path = typer.Argument(Path("ecgray-demo"), help="Folder for the synthetic data, the tables and the report."),
+    n_per_class: int = typer.Option(8, "-n", "--n-per-class", help="Synthetic records per class (normal, AF, LBBB, 1dAVb, SB, ST)."),
+    method: List[str] = typer.Option(["integrated_gradients,lrp_epsilon"], "--method", help="Attribution method(s)."),
+    n_steps: int = typer.Option(16, "--n-steps", help="Integrated-gradients steps."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Also run the ground-truth check."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic data set."),
+) -> None:
+    """Synthetic ECGs -> Ray pipeline (demo model) -> reduced tables -> HTML report, all in OUT_DIR."""
+    from .demo import run_demo
+    from .pipeline import print_summary
+
+    t0 = time.perf_counter()
+    res = run_demo(out_dir, n_per_class=n_per_class, seed=seed, methods=tuple(_resolve_methods(method)),
+                   n_steps=n_steps, check=check, log=lambda m: console.print(m, highlight=False, soft_wrap=True))
+    print_summary(res.summary, console)
+    if res.check is not None:
+        from .check import print_check
+
+        print_check(*res.check, console)
+    steps = ", ".join(f"{k} {v:.0f} s" for k, v in res.seconds.items())
+    console.print(f"demo finished in {time.perf_counter() - t0:.0f} s ({steps})", highlight=False, soft_wrap=True)
+    console.print(f"tables: {res.output}", highlight=False, soft_wrap=True)
+    console.print(f"report: {res.report}", highlight=False, soft_wrap=True)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -1,0 +1,54 @@
+"""`ecgray demo` end to end (synthetic data -> Ray pipeline -> reduce -> report), small."""
+import base64
+import io
+import re
+
+import numpy as np
+import polars as pl
+import pytest
+import ray
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(ray_local, tmp_path):
+    from matplotlib.image import imread
+
+    from ecgray.demo import DEMO_CLASSES, run_demo
+    from ecgray.pipeline import read_table
+
+    n = 2
+    res = run_demo(tmp_path / "demo", n_per_class=n, methods=("integrated_gradients", "lrp_epsilon"), n_steps=8,
+                   check=False, log=lambda m: None)
+    n_rec = n * len(DEMO_CLASSES)
+    assert res.summary.records == n_rec and res.summary.records_ok == n_rec
+
+    recs = pl.from_arrow(read_table(str(res.output), "records"))
+    assert recs.height == n_rec
+    # the demo model classifies its own synthetic classes: AF and LBBB records are positive, normals not
+    for cls in ("AF", "LBBB"):
+        pos = recs.filter(pl.col(f"label_{cls}"))
+        assert pos.height == n and (pos[f"prob_{cls}"] > 0.5).all(), pos
+        assert (recs.filter(pl.col("label_normal"))[f"prob_{cls}"] < 0.5).all()
+    summ = read_table(str(res.output), "relevance_summary")
+    assert summ.num_rows == n_rec * 2 * 6 * 12
+
+    reduced = {p.stem: pl.read_parquet(p) for p in (res.output / "reduced").glob("*.parquet")}
+    assert {"class_probability", "lead_relevance", "beat_relevance", "wave_relevance"} <= set(reduced)
+    lead = reduced["lead_relevance"]
+    assert lead.filter(pl.col("target") == "AF")["group"].unique().sort().to_list() == ["normal", "other", "positive"]
+
+    html = (res.output / "report" / "index.html").read_text()
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    assert len(images) >= 4
+    for b64 in images[:4]:
+        img = imread(io.BytesIO(base64.b64decode(b64)), format="png")
+        non_white = (img[..., :3] < 0.95).any(-1).mean()
+        assert img.shape[0] > 200 and non_white > 0.03
+    assert np.isfinite(res.seconds["pipeline"])
