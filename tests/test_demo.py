@@ -52,3 +52,27 @@ def test_demo_end_to_end(ray_local, tmp_path):
         non_white = (img[..., :3] < 0.95).any(-1).mean()
         assert img.shape[0] > 200 and non_white > 0.03
     assert np.isfinite(res.seconds["pipeline"])
+
+
+@pytest.mark.slow
+def test_reduce_and_report_on_real_cpsc(ray_local, cpsc_dir, tmp_path):
+    """Real data flows through: 150 CPSC records, demo model, pipeline -> reduce -> report."""
+    from ecgray.pipeline import run
+    from ecgray.reduce import reduce
+    from ecgray.report import report
+
+    out = str(tmp_path / "cpsc")
+    s = run(str(cpsc_dir), out, model="demo", methods=("saliency",), targets=["AF", "LBBB"], shard_size=50,
+            progress=False)
+    assert (s.records, s.records_ok, s.records_error) == (150, 150, 0)
+    tables = reduce(out, n_boot=200)
+    pts = tables["class_probability_points"]
+    groups = dict(pts.filter(pl.col("target") == "AF").group_by("group").len().iter_rows())
+    assert groups == {"positive": 24, "normal": 20, "other": 106}  # CPSC labels: AF 20 + AF,RBBB 4; Normal 20
+    groups = dict(pts.filter(pl.col("target") == "LBBB").group_by("group").len().iter_rows())
+    assert groups == {"positive": 8, "normal": 20, "other": 122}
+    lead = tables["lead_relevance"]
+    assert lead.group_by("target", "group").len()["len"].unique().to_list() == [12]
+    assert (lead.group_by("target", "group").agg(pl.col("share_abs").sum())["share_abs"] - 1).abs().max() < 1e-6
+    html = open(report(out)).read()
+    assert html.count("data:image/png;base64,") >= 4
