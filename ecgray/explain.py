@@ -97,7 +97,8 @@ class ExplainConfig:
     batch_size: int = 8  # windows per attribution call
 
 
-def _records_rows(run_id: str, cfg: ExplainConfig, items: list[tuple[object, object]], probs: np.ndarray) -> pa.Table:
+def records_table(run_id: str, cfg: ExplainConfig, items: list[tuple[object, object]], probs: np.ndarray) -> pa.Table:
+    """The ``records`` table of ``(record, window)`` pairs with the model's probabilities ``probs (N, C)``."""
     rows = []
     for (rec, w), p in zip(items, probs):
         lab = rec.labels
@@ -116,7 +117,7 @@ def _records_rows(run_id: str, cfg: ExplainConfig, items: list[tuple[object, obj
     return from_rows("records", rows)
 
 
-def _per_lead_tables(run_id: str, cfg: ExplainConfig, items, attr, method: str, classes: Sequence[str]) -> dict[str, pa.Table]:
+def per_lead_tables(run_id: str, cfg: ExplainConfig, items, attr, method: str, classes: Sequence[str]) -> dict[str, pa.Table]:
     """Vectorised ``relevance_summary`` (and ``relevance``) rows for one attribution result."""
     r = attr.relevance  # (N, T, 12, L)
     n, t, n_leads, length = r.shape
@@ -177,9 +178,9 @@ def explain_windows(model, items: list[tuple[object, object]], cfg: ExplainConfi
         if probs is None:
             probs = attr.probabilities
         classes = tuple(getattr(model, "classes", CLASSES))
-        for name, tbl in _per_lead_tables(run_id, cfg, items, attr, method, classes).items():
+        for name, tbl in per_lead_tables(run_id, cfg, items, attr, method, classes).items():
             tables[name].append(tbl)
-    tables["records"].append(_records_rows(run_id, cfg, items, probs))
+    tables["records"].append(records_table(run_id, cfg, items, probs))
     return {k: pa.concat_tables(v) for k, v in tables.items() if v}
 
 

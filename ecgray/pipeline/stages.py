@@ -95,7 +95,7 @@ def _record_meta(rec) -> SimpleNamespace:
     lab = rec.labels
     return SimpleNamespace(
         record_id=rec.record_id, uri=rec.uri, dataset=rec.dataset, format=rec.format, fs=float(rec.fs),
-        # _records_rows reads only signal.shape[0]: a zero-byte stand-in with the right shape
+        # records_table reads only signal.shape[0]: a zero-byte stand-in with the right shape
         signal=np.broadcast_to(np.float32(0), (int(rec.signal.shape[0]), 1)),
         labels=SimpleNamespace(normal=bool(lab.normal), raw=tuple(lab.raw), scheme=lab.scheme,
                                classes=dict(lab.classes)),
@@ -282,7 +282,7 @@ def _load_beats():
 
 def beats_and_tables(batch: pa.Table, *, run_id: str, cfg, with_beats: bool = True,
                      faults: dict | None = None) -> pa.Table:
-    from ecgray.explain import _per_lead_tables, _records_rows, error_row
+    from ecgray.explain import per_lead_tables, records_table, error_row
 
     from schemas.tables import CLASSES
 
@@ -299,10 +299,10 @@ def beats_and_tables(batch: pa.Table, *, run_id: str, cfg, with_beats: bool = Tr
             items = list(zip(p["recs"], p["wins"]))
             classes = CLASSES
             for m, attr in p["attrs"].items():
-                for name, tbl in _per_lead_tables(run_id, cfg, items, attr, m, classes).items():
+                for name, tbl in per_lead_tables(run_id, cfg, items, attr, m, classes).items():
                     tables[name].append(tbl)
             probs = next(iter(p["attrs"].values())).probabilities
-            tables["records"].append(_records_rows(run_id, cfg, items, probs))
+            tables["records"].append(records_table(run_id, cfg, items, probs))
             if average_beats is not None:
                 try:
                     beats = _beats_table(run_id, cfg, p, average_beats)
