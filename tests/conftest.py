@@ -21,6 +21,18 @@ def pytest_configure(config):
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(scope="module")
+def ray_local():
+    """Ray in local mode for one test module (2 CPUs, no dashboard, no progress bars)."""
+    import ray
+    import ray.data
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def cpsc_dir() -> Path:
     if not (CPSC / "A0001.hea").exists():

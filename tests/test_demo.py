@@ -6,14 +6,6 @@ import re
 import numpy as np
 import polars as pl
 import pytest
-import ray
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.mark.slow

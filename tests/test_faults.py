@@ -25,14 +25,6 @@ TABLES = ("records", "relevance_summary", "errors") + (("beats",) if beats_avail
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def base(ray_local, tmp_path_factory, cpsc_dir):
     from ecgray.pipeline import run
 

@@ -28,14 +28,6 @@ def beats_available() -> bool:
     return (Path(__file__).resolve().parents[1] / "ecgray" / "beats.py").exists()
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield ray
-    ray.shutdown()
-
-
 def make_input(folder: Path, cpsc_dir: Path, n: int, bad: bool = True) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(1, n + 1):
