@@ -421,7 +421,7 @@ def report_cmd(
     """Self-contained HTML report (OUTPUT/report/index.html + PNGs) of a pipeline output."""
     from .report import report as run_report
 
-    methods = [m.strip() for item in method or [] for m in item.split(",") if m.strip()] or None
+    methods = _resolve_methods(method) if method else None
     t0 = time.perf_counter()
     try:
         path = run_report(output, dest=dest, threshold=threshold, rerun_reduce=rerun_reduce, methods=methods,

@@ -57,3 +57,13 @@ def test_explain_bad_arguments_give_one_line_errors(cpsc_dir, tiny_weights, args
     assert res.exit_code == 2
     assert message in res.output
     assert "Traceback" not in res.output
+
+
+def test_report_accepts_method_aliases(monkeypatch):
+    import ecgray.report as rep
+
+    seen = {}
+    monkeypatch.setattr(rep, "report", lambda output, **kw: seen.update(kw) or "x/index.html")
+    res = runner.invoke(app, ["report", "some/out", "--method", "ig,lrp"])
+    assert res.exit_code == 0, res.output
+    assert seen["methods"] == ["integrated_gradients", "lrp_epsilon"]
