@@ -49,7 +49,7 @@ def error_row(run_id: str, record_id: str | None, uri: str | None, exc: BaseExce
 
 
 @dataclass
-class Prepared:
+class PreparedRecord:
     """Windows of one record ready for the model, with the record's metadata."""
 
     record: object  # ecgray.io.Record
@@ -57,7 +57,7 @@ class Prepared:
 
 
 def prepare(uri: str, *, run_id: str, labels_csv: str | None = None, policy: str = "first",
-            stride_s: float | None = None, max_windows: int | None = None) -> tuple[Prepared | None, dict | None]:
+            stride_s: float | None = None, max_windows: int | None = None) -> tuple[PreparedRecord | None, dict | None]:
     """Read and preprocess one record. Returns ``(prepared, None)`` or ``(None, error_row)``."""
     from .io import read_record
     from .preprocess import preprocess
@@ -72,7 +72,7 @@ def prepare(uri: str, *, run_id: str, labels_csv: str | None = None, policy: str
         windows = preprocess(rec, policy=policy, stride_s=stride_s, max_windows=max_windows)
     except Exception as exc:  # noqa: BLE001
         return None, error_row(run_id, record_id, uri, exc, "preprocess")
-    return Prepared(rec, windows), None
+    return PreparedRecord(rec, windows), None
 
 
 def _id_from_uri(uri: str) -> str:
