@@ -191,10 +191,15 @@ def test_ig_completeness(model, x):
         "baseline": "zeros",
         "n_steps": 50,
         "integration_method": "gausslegendre",
-        "internal_batch_size": 64,
+        "internal_batch_size": res.params["internal_batch_size"],
+        "rtol": None,
+        "atol": 0.0,
+        "min_steps": 8,
         "output": "logit",
         "batch_size": 16,
+        "multi_target": "shared",
     }
+    assert res.params["internal_batch_size"].startswith("auto (")
 
 
 def test_ig_baseline_and_probability_output(model, x):

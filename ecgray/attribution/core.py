@@ -14,7 +14,14 @@ How a call runs
 * ``output="probability"`` wraps the model as ``nn.Sigmoid()(model(x))``, so
   relevance and deltas refer to the sigmoid outputs (a module, so that DeepLift
   applies its rescale rule to it and LRP passes relevance through it).
-* Records x targets become *rows*, record-major (``r0:t0, r0:t1, ..., r1:t0``);
+* **Fast path** (``multi_target="auto"``, the default, for methods with
+  ``shared_targets``: IG, Saliency, InputXGradient, GradientShap, LRP): all
+  targets of a chunk of ``batch_size`` *records* come from one forward pass
+  and one backward per target (:mod:`ecgray.attribution.fast`); IG's path
+  points are further cut to a memory budget. Results equal the rows path to
+  float rounding (tested).
+* **Rows path** (``multi_target="rows"``, and DeepLift always):
+  records x targets become *rows*, record-major (``r0:t0, r0:t1, ..., r1:t0``);
   a row is a copy of its record with its own target class. Rows are processed
   in chunks of at most ``batch_size`` rows (default per method: 16 for IG,
   whose interpolation steps are further bounded by ``internal_batch_size``;
@@ -40,6 +47,7 @@ import torch
 from torch import nn
 
 OUTPUTS = ("logit", "probability")
+MULTI_TARGET = ("auto", "shared", "rows")
 
 
 @dataclass
@@ -56,7 +64,8 @@ class Attribution:
       ``output`` and ``batch_size``, for provenance;
     * ``delta``: float32 ``(N, T)`` or ``None`` -- IG/DeepLift completeness error
       ``sum(R) - (f(x) - f(baseline))``, LRP conservation error ``sum(R) - f(x)``
-      (``f`` = logit or probability, per ``params["output"]``).
+      (``f`` = logit or probability, per ``params["output"]``);
+    * ``steps``: int32 ``(N, T)`` or ``None`` -- IG steps used per row (adaptive IG, ``rtol``).
     """
 
     relevance: np.ndarray
@@ -66,6 +75,7 @@ class Attribution:
     method: str
     params: dict[str, Any] = field(default_factory=dict)
     delta: np.ndarray | None = None
+    steps: np.ndarray | None = None
 
     @property
     def n_records(self) -> int:
@@ -187,6 +197,7 @@ def attribute(
     output: str = "logit",
     batch_size: int | None = None,
     seed: int = 0,
+    multi_target: str = "auto",
     **params: Any,
 ) -> Attribution:
     """Attribute the model's ``targets`` outputs to the samples of ``x``.
@@ -206,6 +217,11 @@ def attribute(
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
     if batch_size is not None and int(batch_size) < 1:
         raise ValueError("batch_size must be >= 1")
+    if multi_target not in MULTI_TARGET:
+        raise ValueError(f"multi_target must be one of {MULTI_TARGET}, got {multi_target!r}")
+    if multi_target == "shared" and not cls.shared_targets:
+        raise ValueError(f"method {cls.name!r} has no shared-target path; use multi_target='auto' or 'rows'")
+    shared = cls.shared_targets and multi_target != "rows"
     eff = cls.resolve_params(params)
 
     with contextlib.ExitStack() as stack:
@@ -236,20 +252,36 @@ def attribute(
         delta = np.empty((n_rec, n_t), dtype=np.float32) if cls.has_delta else None
         got_delta = False
         target_of = torch.as_tensor(t_idx, dtype=torch.long)
-        n_rows = n_rec * n_t
-        for start in range(0, n_rows, rows_per_chunk):
-            rows = torch.arange(start, min(start + rows_per_chunk, n_rows))
-            rec, tpos = rows // n_t, rows % n_t
-            xr = xt[rec].to(device=device, dtype=dtype)
-            rel, d = impl.attribute_rows(xr, target_of[tpos].to(device), rec)
-            relevance[rec.numpy(), tpos.numpy()] = rel.detach().float().cpu().numpy()
-            if delta is not None and d is not None:
-                delta[rec.numpy(), tpos.numpy()] = d.detach().float().cpu().numpy()
-                got_delta = True
+        if shared:
+            rows_per_chunk = max(1, int(batch_size or cls.default_batch_size))
+            for start in range(0, n_rec, rows_per_chunk):
+                rec = torch.arange(start, min(start + rows_per_chunk, n_rec))
+                rel, d = impl.attribute_records(xt[rec].to(device=device, dtype=dtype), list(t_idx), rec)
+                relevance[start:start + len(rec)] = rel.detach().float().cpu().numpy()
+                if delta is not None and d is not None:
+                    delta[start:start + len(rec)] = d.detach().float().cpu().numpy()
+                    got_delta = True
+        else:
+            n_rows = n_rec * n_t
+            for start in range(0, n_rows, rows_per_chunk):
+                rows = torch.arange(start, min(start + rows_per_chunk, n_rows))
+                rec, tpos = rows // n_t, rows % n_t
+                xr = xt[rec].to(device=device, dtype=dtype)
+                rel, d = impl.attribute_rows(xr, target_of[tpos].to(device), rec)
+                relevance[rec.numpy(), tpos.numpy()] = rel.detach().float().cpu().numpy()
+                if delta is not None and d is not None:
+                    delta[rec.numpy(), tpos.numpy()] = d.detach().float().cpu().numpy()
+                    got_delta = True
+        steps = None
+        if getattr(impl, "steps", None):
+            steps = np.zeros((n_rec, n_t), dtype=np.int32)
+            for rec, st in impl.steps:
+                steps[rec.numpy()] = st.numpy()
 
     prov = impl.provenance()
     prov["output"] = output
     prov["batch_size"] = rows_per_chunk
+    prov["multi_target"] = "shared" if shared else "rows"
     return Attribution(
         relevance=relevance,
         probabilities=torch.sigmoid(logits).numpy().astype(np.float32),
@@ -258,4 +290,5 @@ def attribute(
         method=cls.name,
         params=prov,
         delta=delta if got_delta else None,
+        steps=steps,
     )

@@ -371,6 +371,23 @@ class _LRP(AttributionMethod):
         delta = rel.sum(dim=tuple(range(1, rel.ndim))) - sel[:, 0].detach()
         return rel.detach(), delta
 
+    shared_targets = True
+
+    def attribute_records(self, x, targets, record):
+        """One modified forward, then one modified backward per target (retained graph)."""
+        x = x.detach().requires_grad_(True)
+        rel = torch.empty((x.shape[0], len(targets), *x.shape[1:]), dtype=x.dtype, device=x.device)
+        delta = torch.empty((x.shape[0], len(targets)), dtype=x.dtype, device=x.device)
+        with self.composite.context(self.model) as model:
+            out = model(x)
+            for j, t in enumerate(targets):
+                grad_out = torch.zeros_like(out)
+                grad_out[:, int(t)] = out[:, int(t)].detach()
+                (r,) = torch.autograd.grad(out, x, grad_outputs=grad_out, retain_graph=j < len(targets) - 1)
+                rel[:, j] = r
+                delta[:, j] = r.sum(dim=tuple(range(1, r.ndim))) - out[:, int(t)].detach()
+        return rel.detach(), delta.detach()
+
     def close(self):
         self.composite.remove()
         self.model = None

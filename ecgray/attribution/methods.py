@@ -63,6 +63,8 @@ class AttributionMethod:
     has_delta: ClassVar[bool] = False
     #: whether results depend on ``seed``
     stochastic: ClassVar[bool] = False
+    #: whether :meth:`attribute_records` (all targets of a record from one forward) is implemented
+    shared_targets: ClassVar[bool] = False
 
     def __init__(self, forward: nn.Module, params: dict[str, Any], *, seed: int = 0):
         self.forward = forward
@@ -105,6 +107,14 @@ class AttributionMethod:
         ``target``: class index per row (long), ``record``: index of the row's
         record in the caller's ``x`` (long; for per-record baselines).
         """
+        raise NotImplementedError
+
+    def attribute_records(
+        self, x: torch.Tensor, targets: list[int], record: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The fast path: relevance ``(records, T, leads, L)`` and delta ``(records, T)`` or ``None``
+        for all ``targets`` (class indices) of the records ``x``, sharing each forward across targets
+        (see :mod:`ecgray.attribution.fast`). Only where :attr:`shared_targets` is true."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -229,47 +239,84 @@ def _grad_of_target(forward: nn.Module, x: torch.Tensor, target: torch.Tensor) -
 
 @register_method
 class IntegratedGradients(AttributionMethod):
-    """Captum ``IntegratedGradients`` (``multiply_by_inputs=True``).
+    """Integrated gradients (``multiply_by_inputs=True``), Captum's quadrature rules.
 
     Parameters: ``baseline`` (``None`` = zeros, a scalar, a ``(leads, L)`` array
     shared by all records or ``(N, leads, L)`` per record), ``n_steps`` (50),
     ``integration_method`` (Captum's ``method``: ``"gausslegendre"``,
-    ``"riemann_trapezoid"``, ...), ``internal_batch_size`` (64: the most
-    interpolated inputs in one forward/backward; chunks never hold more rows
-    than this). Delta = ``sum(R) - (f(x) - f(baseline))`` per row (Captum's
-    convergence delta).
+    ``"riemann_trapezoid"``, ...), ``internal_batch_size`` (the most
+    interpolated inputs in one forward/backward; ``None`` = as many as fit
+    :func:`ecgray.attribution.fast.memory_budget`), ``rtol`` / ``atol``
+    (``None``: exactly ``n_steps``; else *adaptive steps*: each record starts at
+    ``min_steps`` (8) and doubles, up to ``n_steps``, until every target's
+    completeness error ``|delta| <= rtol * |f(x) - f(b)| + atol``; the steps used per
+    (record, target) are in ``Attribution.steps``). Delta = ``sum(R) - (f(x) -
+    f(baseline))`` per row (Captum's convergence delta).
+
+    Fast path (default): the interpolated points of a chunk of records go
+    through the network once, and each target gets one backward (see
+    :mod:`ecgray.attribution.fast`) -- the same points, weights and sums as
+    Captum's ``IntegratedGradients`` (equal to it to float rounding, tested).
+    The rows path (``multi_target="rows"``) calls Captum itself per (record,
+    target) row.
     """
 
     name = "integrated_gradients"
     aliases = ("ig", "integratedgradients")
-    defaults = {"baseline": None, "n_steps": 50, "integration_method": "gausslegendre", "internal_batch_size": 64}
+    defaults = {"baseline": None, "n_steps": 50, "integration_method": "gausslegendre", "internal_batch_size": None,
+                "rtol": None, "atol": 0.0, "min_steps": 8}
     default_batch_size = 16
     has_delta = True
+    shared_targets = True
 
     @classmethod
     def check_params(cls, p):
         if int(p["n_steps"]) < 1:
             raise ValueError("n_steps must be >= 1")
-        if int(p["internal_batch_size"]) < 1:
+        if p["internal_batch_size"] is not None and int(p["internal_batch_size"]) < 1:
             raise ValueError("internal_batch_size must be >= 1")
         ok = ("gausslegendre", "riemann_right", "riemann_left", "riemann_middle", "riemann_trapezoid")
         if p["integration_method"] not in ok:
             raise ValueError(f"integration_method must be one of {ok}")
+        if p["rtol"] is not None and float(p["rtol"]) < 0:
+            raise ValueError("rtol must be >= 0")
+        if float(p["atol"]) < 0:
+            raise ValueError("atol must be >= 0")
+        if int(p["min_steps"]) < 1:
+            raise ValueError("min_steps must be >= 1")
         _check_baseline_param(p["baseline"])
+
+    def __init__(self, forward, params, *, seed=0):
+        super().__init__(forward, params, seed=seed)
+        self._chunk: int | None = None
+        self.steps: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def provenance(self):
         out = super().provenance()
         if self.params["baseline"] is None:
             out["baseline"] = "zeros"
+        if self.params["internal_batch_size"] is None and self._chunk is not None:
+            out["internal_batch_size"] = f"auto ({self._chunk})"
         return out
 
     def max_rows(self, batch_size):
-        return max(1, min(batch_size, int(self.params["internal_batch_size"])))
+        ibs = self.params["internal_batch_size"]
+        return max(1, min(batch_size, int(ibs))) if ibs is not None else batch_size
+
+    def _points_chunk(self, x):
+        if self._chunk is None:
+            from ecgray.attribution.fast import points_per_chunk
+
+            ibs = self.params["internal_batch_size"]
+            self._chunk = int(ibs) if ibs is not None else points_per_chunk(self.forward, x.shape[1:], x.device, x.dtype)
+        return self._chunk
 
     def attribute_rows(self, x, target, record):
         from captum.attr import IntegratedGradients as _IG
 
         p = self.params
+        if p["rtol"] is not None:
+            raise ValueError("adaptive steps (rtol) need the shared-target path (multi_target='auto')")
         base = _row_baseline(p["baseline"], x, record)
         with _Quiet():
             attr, delta = _IG(self.forward, multiply_by_inputs=True).attribute(
@@ -278,10 +325,74 @@ class IntegratedGradients(AttributionMethod):
                 target=target,
                 n_steps=int(p["n_steps"]),
                 method=p["integration_method"],
-                internal_batch_size=int(p["internal_batch_size"]),
+                internal_batch_size=self._points_chunk(x),
                 return_convergence_delta=True,
             )
         return attr.detach(), delta.detach()
+
+    # -- fast path ------------------------------------------------------------
+    def _path_grads(self, x, base, targets, n_steps):
+        """Sum_k w_k grad f_t(b + a_k (x - b)) for every record and target: ``(R, T, leads, L)``."""
+        from captum.attr._utils.approximation_methods import approximation_parameters
+
+        from ecgray.attribution.fast import target_grads
+
+        step_sizes, alphas = approximation_parameters(self.params["integration_method"])
+        a = torch.tensor(alphas(n_steps), dtype=x.dtype, device=x.device)
+        w = torch.tensor(step_sizes(n_steps), dtype=torch.float32).to(device=x.device, dtype=x.dtype)
+        R = x.shape[0]
+        diff = x - base
+        total = torch.zeros((R, len(targets), *x.shape[1:]), dtype=x.dtype, device=x.device)
+        n_pts = R * n_steps
+        chunk = self._points_chunk(x)
+        for s in range(0, n_pts, chunk):
+            idx = torch.arange(s, min(s + chunk, n_pts), device=x.device)
+            r, k = idx // n_steps, idx % n_steps
+            pts = base[r] + a[k, None, None] * diff[r]
+            for j, g in target_grads(self.forward, pts, targets):
+                total[:, j].index_add_(0, r, g * w[k, None, None])
+        return total
+
+    def attribute_records(self, x, targets, record):
+        p = self.params
+        base = _row_baseline(p["baseline"], x, record)
+        with torch.no_grad():
+            tt = torch.as_tensor(targets, device=x.device)
+            gain = (self.forward(x) - self.forward(base))[:, tt]  # (R, T)
+        n_max = int(p["n_steps"])
+        if p["rtol"] is None:
+            levels = [n_max]
+        else:
+            levels, n = [], min(int(p["min_steps"]), n_max)
+            while n < n_max:
+                levels.append(n)
+                n *= 2
+            levels.append(n_max)
+        R, T = x.shape[0], len(targets)
+        rel = torch.zeros((R, T, *x.shape[1:]), dtype=x.dtype, device=x.device)
+        delta = torch.zeros((R, T), dtype=x.dtype, device=x.device)
+        steps = torch.zeros((R, T), dtype=torch.int32)
+        todo = torch.ones((R, T), dtype=torch.bool, device=x.device)
+        diff = x - base
+        for n in levels:
+            recs = torch.nonzero(todo.any(1))[:, 0]
+            tpos = torch.nonzero(todo[recs].any(0))[:, 0]
+            tot = self._path_grads(x[recs], base[recs], [targets[int(j)] for j in tpos], n)
+            attr = tot * diff[recs][:, None]
+            d = attr.sum(dim=(2, 3)) - gain[recs][:, tpos]
+            upd = todo[recs][:, tpos]
+            ri, ti = torch.nonzero(upd, as_tuple=True)
+            rel[recs[ri], tpos[ti]] = attr[ri, ti]
+            delta[recs[ri], tpos[ti]] = d[ri, ti]
+            steps[recs[ri].cpu(), tpos[ti].cpu()] = n
+            if p["rtol"] is None:
+                break
+            ok = d.abs() <= float(p["rtol"]) * gain[recs][:, tpos].abs() + float(p["atol"])
+            todo[recs[ri], tpos[ti]] = ~ok[ri, ti]
+            if not todo.any():
+                break
+        self.steps.append((record.cpu(), steps))
+        return rel.detach(), delta.detach()
 
 
 @register_method
@@ -301,6 +412,16 @@ class Saliency(AttributionMethod):
             )
         return attr.detach(), None
 
+    shared_targets = True
+
+    def attribute_records(self, x, targets, record):
+        from ecgray.attribution.fast import target_grads
+
+        rel = torch.empty((x.shape[0], len(targets), *x.shape[1:]), dtype=x.dtype, device=x.device)
+        for j, g in target_grads(self.forward, x, targets):
+            rel[:, j] = g.abs() if self.params["abs"] else g
+        return rel, None
+
 
 @register_method
 class InputXGradient(AttributionMethod):
@@ -316,6 +437,16 @@ class InputXGradient(AttributionMethod):
         with _Quiet():
             attr = _IxG(self.forward).attribute(x.detach().requires_grad_(True), target=target)
         return attr.detach(), None
+
+    shared_targets = True
+
+    def attribute_records(self, x, targets, record):
+        from ecgray.attribution.fast import target_grads
+
+        rel = torch.empty((x.shape[0], len(targets), *x.shape[1:]), dtype=x.dtype, device=x.device)
+        for j, g in target_grads(self.forward, x, targets):
+            rel[:, j] = x * g
+        return rel, None
 
 
 def _deeplift_maxpool_forward(self, x):
@@ -530,6 +661,38 @@ class GradientShap(AttributionMethod):
                 fb = torch.cat([self.forward(c) for c in base.reshape(rows * n, *x.shape[1:]).split(ibs)])
             gain = (fx - fb).gather(1, flat_target[:, None])[:, 0].reshape(rows, n).mean(dim=1)
             delta = attr.sum(dim=(1, 2)) - gain
+        return attr.detach(), delta
+
+    shared_targets = True
+
+    def attribute_records(self, x, targets, record):
+        from ecgray.attribution.fast import target_grads
+
+        p = self.params
+        n = int(p["n_samples"])
+        R = x.shape[0]
+        draws = [self._draws(x[r]) for r in range(R)]
+        alphas = torch.stack([d[0] for d in draws])  # (R, n)
+        base = torch.stack([d[1] for d in draws])  # (R, n, C, L)
+        xs = torch.stack([d[2] for d in draws])
+        diff = (xs - base).reshape(R * n, *x.shape[1:])
+        points = (base + alphas[:, :, None, None] * (xs - base)).reshape(R * n, *x.shape[1:])
+        rec_of = torch.arange(R, device=x.device).repeat_interleave(n)
+        total = torch.zeros((R, len(targets), *x.shape[1:]), dtype=x.dtype, device=x.device)
+        ibs = int(p["internal_batch_size"])
+        for s in range(0, R * n, ibs):
+            sl = slice(s, s + ibs)
+            for j, g in target_grads(self.forward, points[sl], targets):
+                total[:, j].index_add_(0, rec_of[sl], g * diff[sl])
+        attr = total / n
+        delta = None
+        if p["compute_delta"]:
+            with torch.no_grad():
+                fx = torch.cat([self.forward(c) for c in xs.reshape(R * n, *x.shape[1:]).split(ibs)])
+                fb = torch.cat([self.forward(c) for c in base.reshape(R * n, *x.shape[1:]).split(ibs)])
+            tt = torch.as_tensor(targets, device=x.device)
+            gain = (fx - fb)[:, tt].reshape(R, n, len(targets)).mean(dim=1)
+            delta = attr.sum(dim=(2, 3)) - gain
         return attr.detach(), delta
 
 

@@ -143,6 +143,19 @@ def _load_random(weights: str | None) -> ResNet1d:
         model = ResNet1d(ResNetConfig())
     finally:
         torch.random.set_rng_state(gen_state)
+    # Non-trivial BatchNorm statistics and biases, as a trained network has: with PyTorch's defaults
+    # (mean 0, var 1, no biases) the network would be positively homogeneous, f(a x) = a f(x), and
+    # integrated gradients exact at any step count -- useless for accuracy-vs-steps benchmarks.
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.BatchNorm1d):
+                c = mod.num_features
+                mod.running_mean.copy_(0.1 * torch.randn(c, generator=g))
+                mod.running_var.copy_(0.5 + torch.rand(c, generator=g))
+                mod.weight.copy_(0.5 + torch.rand(c, generator=g))
+                mod.bias.copy_(0.1 * torch.randn(c, generator=g))
+    model.eval()
     model.source = f"random(seed={seed})"
     return model
 

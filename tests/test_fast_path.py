@@ -1,0 +1,105 @@
+"""The multi-target fast path (ecgray.attribution.fast) against the rows path and Captum itself."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ecgray.attribution import attribute
+from ecgray.attribution.fast import activation_bytes, points_per_chunk
+from tests.test_attribution import N_SAMPLES, ecg_batch, make_model
+
+TARGETS = ["AF", 0, "SB", "LBBB"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_model()
+
+
+@pytest.fixture(scope="module")
+def x():
+    return ecg_batch(3)
+
+
+def rel_max(a, b) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+SHARED = [
+    ("ig", dict(n_steps=12, internal_batch_size=7)),
+    ("saliency", {}),
+    ("saliency", dict(abs=False)),
+    ("ixg", {}),
+    ("gradient_shap", dict(n_samples=5, internal_batch_size=4, compute_delta=True)),
+    ("lrp_epsilon", {}),
+    ("lrp_alpha_beta", {}),
+]
+
+
+@pytest.mark.parametrize("method,params", SHARED)
+def test_shared_equals_rows(model, x, method, params):
+    """One forward + one backward per target == one forward/backward per (record, target) row.
+
+    oneDNN off: batch-invariant kernels, so only summation order differs."""
+    with torch.backends.mkldnn.flags(enabled=False):
+        fast = attribute(model, x, targets=TARGETS, method=method, batch_size=2, **params)
+        rows = attribute(model, x, targets=TARGETS, method=method, batch_size=5, multi_target="rows", **params)
+    assert fast.params["multi_target"] == "shared" and rows.params["multi_target"] == "rows"
+    assert rel_max(fast.relevance, rows.relevance) < 1e-5
+    if rows.delta is not None:
+        scale = max(1.0, float(np.abs(rows.logits).max()))
+        np.testing.assert_allclose(fast.delta, rows.delta, rtol=0, atol=1e-5 * scale)
+
+
+def test_ig_equals_naive_captum_loop(model, x):
+    """The baseline users write: Captum IG per record and target, default settings, n_steps=50."""
+    from captum.attr import IntegratedGradients
+
+    res = attribute(model, x[:2], targets=["AF", "RBBB"], method="ig", n_steps=50)
+    for i in range(2):
+        for j, t in enumerate([4, 1]):
+            xi = torch.as_tensor(x[i : i + 1])
+            ref, d = IntegratedGradients(model).attribute(xi, target=t, n_steps=50, return_convergence_delta=True)
+            assert rel_max(res.relevance[i, j], ref[0].detach().numpy()) < 1e-4
+            assert abs(float(res.delta[i, j]) - float(d[0])) < 1e-4 * max(1.0, abs(float(res.logits[i, t])))
+
+
+def test_memory_budget_cuts_points_not_results(model, x, monkeypatch):
+    per_point = activation_bytes(model, (12, N_SAMPLES), "cpu", torch.float32)
+    # the reduced model keeps tens of kB of outputs per sample (12 x 1024 input = 48 kB)
+    assert 12 * N_SAMPLES * 4 < per_point < 100 * 12 * N_SAMPLES * 4
+    monkeypatch.setenv("ECGRAY_ATTR_MEMORY_MB", str(3 * 2 * per_point / 2**20))
+    assert points_per_chunk(model, (12, N_SAMPLES), "cpu", torch.float32) == 3
+    with torch.backends.mkldnn.flags(enabled=False):
+        small = attribute(model, x[:2], targets=["AF", "SB"], method="ig", n_steps=10)
+        monkeypatch.delenv("ECGRAY_ATTR_MEMORY_MB")
+        big = attribute(model, x[:2], targets=["AF", "SB"], method="ig", n_steps=10)
+    assert small.params["internal_batch_size"] == "auto (3)"
+    assert int(big.params["internal_batch_size"][6:-1]) > 20
+    assert rel_max(small.relevance, big.relevance) < 1e-5
+
+
+def test_adaptive_steps_meet_tolerance(model, x):
+    rtol = 0.02
+    res = attribute(model, x, targets=TARGETS, method="ig", n_steps=64, rtol=rtol, atol=1e-4)
+    full = attribute(model, x, targets=TARGETS, method="ig", n_steps=64)
+    gain = full.relevance.sum(axis=(2, 3)) - full.delta  # f(x) - f(0)
+    assert res.steps.shape == (3, len(TARGETS)) and set(np.unique(res.steps)) <= {8, 16, 32, 64}
+    ok = np.abs(res.delta) <= rtol * np.abs(gain) + 1e-4 + 1e-6
+    assert np.all(ok | (res.steps == 64)), (res.delta, gain, res.steps)
+    assert (res.steps < 64).any()  # some rows stop early, or the feature does nothing
+    # rows that stopped early: their relevance is IG at that step count
+    i, j = np.argwhere(res.steps == res.steps.min())[0]
+    one = attribute(model, x[i : i + 1], targets=[TARGETS[j]], method="ig", n_steps=int(res.steps[i, j]))
+    assert rel_max(res.relevance[i, j], one.relevance[0, 0]) < 1e-5
+    assert full.steps.tolist() == [[64] * len(TARGETS)] * 3
+
+
+def test_switch_validation(model, x):
+    with pytest.raises(ValueError, match="no shared-target path"):
+        attribute(model, x[:1], targets=["AF"], method="deeplift", multi_target="shared")
+    with pytest.raises(ValueError, match="multi_target must be"):
+        attribute(model, x[:1], targets=["AF"], method="ig", multi_target="fast")
+    with pytest.raises(ValueError, match="adaptive steps"):
+        attribute(model, x[:1], targets=["AF"], method="ig", rtol=0.1, multi_target="rows")
