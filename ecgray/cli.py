@@ -287,8 +287,9 @@ def run_pipeline(
     num_actors: Optional[int] = typer.Option(None, "--num-actors", help="Attribution actors (default: one per GPU, else 1)."),
     gpu: Optional[bool] = typer.Option(None, "--gpu/--no-gpu", help="Attribute on GPUs (default: if the cluster has any)."),
     autocast: bool = typer.Option(False, "--autocast", help="bf16 autocast for attribution (CUDA only; ignored on CPU)."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Rows per attribution call."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Records per attribution call (rows on the rows path)."),
     run_id: Optional[str] = typer.Option(None, "--run-id", help="Run id stored in every row (default: random)."),
+    torch_threads: Optional[int] = typer.Option(None, "--torch-threads", help="Torch threads per CPU attribution actor (default: half the cores / actors; all cores suit IG)."),
 ) -> None:
     """Explain every record under --input with Ray Data; sharded, resumable Parquet tables under --output.
 
@@ -318,7 +319,7 @@ def run_pipeline(
                               output_kind=output_kind, params=params, shard_size=shard_size, policy=policy,
                               labels_csv=labels, keep_relevance=keep_relevance, resume=resume, overwrite=overwrite,
                               num_attr_actors=num_actors, use_gpu=gpu, autocast=autocast, batch_size=batch_size,
-                              run_id=run_id)
+                              run_id=run_id, torch_threads=torch_threads)
     except (PipelineError, ModelError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     print_summary(summary, console)
@@ -429,6 +430,31 @@ def report_cmd(
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     console.print(f"wrote {path} in {time.perf_counter() - t0:.1f} s", highlight=False, soft_wrap=True)
+
+
+@app.command("bench")
+def bench_cmd(
+    quick: bool = typer.Option(False, "--quick", help="A small run for CI (1 record, IG-8, 2 pipeline records)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda (cuda:N)."),
+    model: str = typer.Option("random", "--model", "-m", help="Model (default: the published architecture, seeded random weights)."),
+    records: Optional[int] = typer.Option(None, "--records", help="Records per phase (default 4 on CPU, 64 on CUDA, 1 quick)."),
+    n_steps: Optional[str] = typer.Option(None, "--n-steps", help="IG step counts, comma-separated (default 16,50; quick 8)."),
+    e2e_records: Optional[int] = typer.Option(None, "--e2e-records", help="Records of the end-to-end pipeline phase (0 = skip)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSON result (default benchmarks/results/bench_<device>[_quick].json)."),
+) -> None:
+    """Attribution and pipeline speed as ratios to the naive Captum loop, measured side by side; JSON + table."""
+    from .bench import ROOT, print_table, run_bench, save
+
+    steps = tuple(int(v) for v in n_steps.split(",")) if n_steps else None
+    try:
+        res = run_bench(device=device, quick=quick, model=model, records=records, n_steps=steps,
+                        e2e_records=e2e_records)
+    except RuntimeError as exc:
+        fail(str(exc))
+    print_table(res, console)
+    name = f"bench_{device.split(':')[0]}{'_quick' if quick else ''}.json"
+    path = save(res, out or ROOT / "benchmarks" / "results" / name)
+    console.print(f"wrote {path}")
 
 
 @app.command("demo")

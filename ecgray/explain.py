@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from schemas.tables import CLASSES, LEADS, conform, from_rows
 
-from .errors import ECGError
+from .errors import ECGError, redact
 
 
 def new_run_id() -> str:
@@ -42,7 +42,7 @@ def error_row(run_id: str, record_id: str | None, uri: str | None, exc: BaseExce
             "record_id": record_id or "<unknown>",
             "stage": stage,
             "error_type": f"internal_{type(exc).__name__}",
-            "message": f"{record_id or uri}: unexpected {type(exc).__name__}: {exc}{at}",
+            "message": redact(f"{record_id or uri}: unexpected {type(exc).__name__}: {exc}{at}"),
         }
     row.update(run_id=run_id, uri=uri)
     return row

@@ -16,9 +16,14 @@ Steps and policies (in this order):
    :data:`MIN_SECONDS` = 2 s, i.e. fewer than 800 samples after resampling
    to 400 Hz), ``nan_or_inf`` (any non-finite sample), ``flat_signal`` (every
    lead has peak-to-peak < :data:`FLAT_MV` = 0.01 mV; a single flat lead is
-   kept and flagged ``flat_lead:<model lead name>``), ``implausible_amplitude``
-   (more than :data:`MAX_OUTLIER_FRACTION` = 1 % of all samples have
-   ``|x| >`` :data:`MAX_ABS_MV` = 20 mV: usually wrong units).
+   kept and flagged ``flat_lead:<model lead name>``), ``saturated_signal``
+   (every lead is flat or saturated; a saturated lead -- one that sits at its
+   own maximum or minimum value, other than 0, for at least
+   :data:`SATURATION_RUN_S` = 0.1 s in a row, i.e. clipped at the ADC rails or
+   off-scale -- is kept and flagged ``saturated_lead:<model lead name>``),
+   ``implausible_amplitude`` (more than :data:`MAX_OUTLIER_FRACTION` = 1 % of
+   the samples of the leads that are not saturated have ``|x| >``
+   :data:`MAX_ABS_MV` = 20 mV: usually wrong units).
 3. **Resampling** (:func:`resample`) to 400 Hz with
    :func:`scipy.signal.resample_poly` (float64 inside, default Kaiser
    window) with ``up/down = Fraction(400 / fs).limit_denominator(1000)``
@@ -59,6 +64,7 @@ MIN_SECONDS = 2.0
 FLAT_MV = 0.01
 MAX_ABS_MV = 20.0
 MAX_OUTLIER_FRACTION = 0.01
+SATURATION_RUN_S = 0.1
 
 _ALIASES = {
     "I": "DI", "DI": "DI", "D1": "DI",
@@ -176,6 +182,34 @@ def fit_length(signal: np.ndarray, n: int = N_SAMPLES, *, policy: str = "first",
     return [(s, signal[s:s + n]) for s in starts], flags
 
 
+def _longest_run(mask: np.ndarray) -> int:
+    """Length of the longest run of True in a 1-D boolean array."""
+    if not mask.any():
+        return 0
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], mask, [False])).astype(np.int8)))
+    return int((edges[1::2] - edges[::2]).max())
+
+
+def saturated_leads(signal: np.ndarray, fs: float) -> np.ndarray:
+    """One bool per lead: the lead stays at its own maximum or minimum value (other than 0) for at
+    least :data:`SATURATION_RUN_S` seconds in a row -- clipped at the rails of the ADC, or off-scale.
+
+    A real ECG reaches its extremes at the tips of waves, never on a plateau; an exact 0 plateau is
+    zero padding (CODE-15) or a flat lead, not saturation.
+    """
+    run = max(2, math.ceil(SATURATION_RUN_S * float(fs)))
+    out = np.zeros(signal.shape[1], dtype=bool)
+    if signal.shape[0] < run:
+        return out
+    for j in range(signal.shape[1]):
+        x = signal[:, j]
+        for v in (x.max(), x.min()):
+            if v != 0 and _longest_run(x == v) >= run:
+                out[j] = True
+                break
+    return out
+
+
 def check_signal(signal: np.ndarray, fs: float, *, record_id: str | None = None,
                  leads: Sequence[str] = LEADS) -> tuple[str, ...]:
     """Quality checks on ``(n_samples, 12)`` in mV; raise :class:`SignalError`, return flags."""
@@ -194,8 +228,15 @@ def check_signal(signal: np.ndarray, fs: float, *, record_id: str | None = None,
     flat = ptp < FLAT_MV
     if flat.all():
         raise SignalError(record_id, f"flat signal: all leads have peak-to-peak < {FLAT_MV} mV", error_type="flat_signal")
+    sat = saturated_leads(signal, fs) & ~flat
+    if (flat | sat).all():
+        names = [leads[i] for i in np.flatnonzero(sat)]
+        raise SignalError(record_id, f"no usable lead: leads {names} are saturated (stuck at their extreme value "
+                                     f"for >= {SATURATION_RUN_S} s: clipped at the ADC rails) and the others flat",
+                          error_type="saturated_signal")
     flags = tuple(f"flat_lead:{leads[i]}" for i in np.flatnonzero(flat))
-    frac = float(np.mean(np.abs(signal) > MAX_ABS_MV))
+    flags += tuple(f"saturated_lead:{leads[i]}" for i in np.flatnonzero(sat))
+    frac = float(np.mean(np.abs(signal[:, ~sat]) > MAX_ABS_MV))
     if frac > MAX_OUTLIER_FRACTION:
         raise SignalError(record_id, f"implausible amplitude: {frac:.1%} of samples beyond +-{MAX_ABS_MV} mV "
                                      "(wrong units?)", error_type="implausible_amplitude")

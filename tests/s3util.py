@@ -118,3 +118,132 @@ def s3_bucket_with(s3_env):
     make.client = client
     make.endpoint = s3_env
     return make
+
+
+# --------------------------------------------------------------------------- fault injection in front of moto
+ERROR_CODES = {403: "AccessDenied", 404: "NoSuchKey", 500: "InternalError", 503: "SlowDown"}
+_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
+        "content-length"}
+
+
+class FaultProxy:
+    """An HTTP proxy on 127.0.0.1 in front of an S3 endpoint (moto) that answers chosen GET/HEAD requests
+    with S3 errors, the way S3 itself would (XML ``<Error><Code>...``), so the clients' real error
+    handling and retries (botocore, s3fs) are what is tested.
+
+    ``fail(key, status, times=None, echo=False)``: requests for ``bucket/key`` get ``status`` (403
+    AccessDenied, 404 NoSuchKey, 500, 503 SlowDown) ``times`` times (None: always), then go through; with
+    ``echo`` the error message quotes the request's access key id and session token (as some S3 error
+    bodies do, e.g. ``SignatureDoesNotMatch``). ``injected[(key, status)]`` counts the errors sent;
+    ``access_keys`` holds the access key ids seen in ``Authorization`` headers. Point
+    ``AWS_ENDPOINT_URL`` at ``proxy.endpoint``.
+    """
+
+    def __init__(self, upstream: str):
+        import collections
+        import threading
+        from urllib.parse import urlsplit
+
+        u = urlsplit(upstream)
+        self.upstream = (u.hostname, u.port)
+        self.rules: dict[str, list] = {}
+        self.injected = collections.Counter()
+        self.access_keys: set[str] = set()
+        self.lock = threading.Lock()
+        self.server = None
+        self.endpoint = None
+
+    def fail(self, key: str, status: int, times: int | None = None, echo: bool = False) -> None:
+        with self.lock:
+            self.rules[key.lstrip("/")] = [status, times, echo]
+
+    def _take(self, key: str) -> tuple[int, bool] | None:
+        with self.lock:
+            rule = self.rules.get(key)
+            if rule is None or rule[1] == 0:
+                return None
+            if rule[1] is not None:
+                rule[1] -= 1
+            self.injected[(key, rule[0])] += 1
+            return rule[0], rule[2]
+
+    def start(self) -> "FaultProxy":
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import unquote, urlsplit
+
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _error(self, status: int, key: str, echo: bool) -> None:
+                from xml.sax.saxutils import escape
+
+                code = ERROR_CODES.get(status, "InternalError")
+                msg = f"injected {code} by the test proxy"
+                if echo:
+                    msg += (f" for access key {self._access_key()} with token "
+                            f"{self.headers.get('X-Amz-Security-Token')}")
+                body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{escape(msg)}'
+                        f'</Message><Key>{escape(key)}</Key><RequestId>test</RequestId></Error>').encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(0 if self.command == "HEAD" else len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def _access_key(self) -> str | None:
+                auth = self.headers.get("Authorization") or ""
+                return auth.split("Credential=", 1)[1].split("/", 1)[0] if "Credential=" in auth else None
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                key = unquote(urlsplit(self.path).path).lstrip("/")
+                if self._access_key():
+                    with proxy.lock:
+                        proxy.access_keys.add(self._access_key())
+                rule = proxy._take(key) if self.command in ("GET", "HEAD") else None
+                if rule is not None:
+                    self._error(rule[0], key, rule[1])
+                    return
+                conn = http.client.HTTPConnection(*proxy.upstream, timeout=60)
+                try:
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
+                    if body is not None:
+                        headers["Content-Length"] = str(len(body))
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                    self.send_response(resp.status)
+                    for k, v in resp.getheaders():
+                        if k.lower() not in _HOP:
+                            self.send_header(k, v)
+                    if self.command == "HEAD":
+                        self.send_header("Content-Length", resp.getheader("Content-Length") or "0")
+                    else:
+                        self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(data)
+                finally:
+                    conn.close()
+
+            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()

@@ -10,6 +10,7 @@ from ecgray.attribution.fast import activation_bytes, points_per_chunk
 from tests.test_attribution import N_SAMPLES, ecg_batch, make_model
 
 TARGETS = ["AF", 0, "SB", "LBBB"]
+pytestmark = pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,8 @@
-"""Faults: a killed attribution actor, stages raising on first try, a partly written shard, a killed driver.
+"""Faults: a killed attribution actor, killed CPU workers, stages raising on first try (chosen and seeded-random
+shards), a partly written shard, a killed driver.
 
-Every faulty run must end with tables equal to an uninterrupted run (no row lost or duplicated).
+Every faulty run must end with tables equal to an uninterrupted run (no row lost or duplicated), and every
+input record exactly once across ``records`` and ``errors``.
 """
 from __future__ import annotations
 
@@ -37,15 +39,28 @@ def base(ray_local, tmp_path_factory, cpsc_dir):
     return {"root": root, "input": inp, "ref": root / "ref", "kw": kw}
 
 
-def assert_same_as_reference(out: Path, ref: Path) -> None:
+def assert_same_as_reference(out: Path, ref: Path, n_shards: int = N // SHARD) -> None:
     from ecgray.pipeline import read_table
 
     for name in TABLES:
         got = read_table(out, name)
         assert_no_duplicates(got, KEYS[name])
         assert_tables_close(read_table(ref, name), got, name)
-    assert sorted(p.name for p in (out / "_commits").iterdir()) == [f"shard={k:05d}.json" for k in range(N // SHARD)]
+    assert sorted(p.name for p in (out / "_commits").iterdir()) == [f"shard={k:05d}.json" for k in range(n_shards)]
     assert not (out / "_tmp").exists()
+
+
+def assert_accounted(out: Path, ok_ids: set[str], bad_ids: set[str] = frozenset()) -> None:
+    """Every input record exactly once: good ones once in records (policy first), bad ones once in errors."""
+    from ecgray.pipeline import read_table
+
+    recs = read_table(out, "records").column("record_id").to_pylist()
+    errs = read_table(out, "errors").column("record_id").to_pylist()
+    assert sorted(recs) == sorted(ok_ids), set(recs) ^ set(ok_ids)
+    assert sorted(errs) == sorted(bad_ids), set(errs) ^ set(bad_ids)
+
+
+GOOD_IDS = {f"A{i:04d}" for i in range(1, N + 1)}
 
 
 def test_killed_actor_and_failing_stages_are_retried(base, tmp_path):
@@ -66,6 +81,7 @@ def test_killed_actor_and_failing_stages_are_retried(base, tmp_path):
     assert sorted(p.name for p in marks.iterdir()) == ["attribute-00001", "beats-00002", "commit-00003", "read-00000"]
     assert (s.shards_written, s.records_ok, s.records_error) == (4, N, 0)
     assert_same_as_reference(out, base["ref"])
+    assert_accounted(out, GOOD_IDS)
 
 
 def test_killed_driver_then_resume(base, tmp_path):
@@ -105,3 +121,78 @@ def test_killed_driver_then_resume(base, tmp_path):
     assert summary["shards_skipped"] + summary["shards_written"] == N // SHARD
     assert summary["records_ok"] == N
     assert_same_as_reference(out, base["ref"])
+    assert_accounted(out, GOOD_IDS)
+
+
+# --------------------------------------------------------------------------- with bad records in the input
+BAD = {"B_trunc": "truncated", "B_nan": "nan_or_inf", "B_short": "too_short"}
+N_BAD_SHARDS = -(-(N + len(BAD)) // SHARD)  # 5
+
+
+@pytest.fixture(scope="module")
+def base_bad(base, tmp_path_factory):
+    """The fault input plus three bad records (read and preprocess errors), and its uninterrupted reference."""
+    import shutil
+
+    from ecgray.pipeline import run
+    from tests.corpus import bad_nan, bad_short, bad_truncated_dat
+
+    root = tmp_path_factory.mktemp("faults_bad")
+    inp = root / "in"
+    shutil.copytree(base["input"], inp)
+    bad_truncated_dat(inp, "B_trunc")
+    bad_nan(inp, "B_nan")
+    bad_short(inp, "B_short")
+    s = run(str(inp), str(root / "ref"), **base["kw"])
+    assert (s.records_ok, s.records_error, s.shards) == (N, len(BAD), N_BAD_SHARDS)
+    assert_accounted(root / "ref", GOOD_IDS, set(BAD))
+    return {"input": inp, "ref": root / "ref", "kw": base["kw"]}
+
+
+def test_killed_cpu_workers_are_retried(base_bad, tmp_path):
+    """os._exit(1) kills the worker process of a read task (shard 0), a beats task (shard 2) and a write task
+    (shard 4) on their first try; Ray restarts the tasks in new workers and the tables equal the reference."""
+    from ecgray.pipeline import read_table, run
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    faults = [{"stage": st, "mode": "exit", "shards": [sh], "marker_dir": str(marks)}
+              for st, sh in (("read", "00000"), ("beats", "00002"), ("write", "00004"))]
+    out = tmp_path / "out"
+    s = run(str(base_bad["input"]), str(out), faults=faults, **base_bad["kw"])
+    killed = sorted(p.name for p in marks.iterdir())
+    assert killed == ["beats-00002", "read-00000", "write-00004"]
+    pids = {p.name: int(p.read_text()) for p in marks.iterdir()}
+    assert len(set(pids.values())) == 3 and os.getpid() not in pids.values()  # three distinct worker processes
+    assert (s.shards_written, s.records_ok, s.records_error) == (N_BAD_SHARDS, N, len(BAD))
+    assert_same_as_reference(out, base_bad["ref"], N_BAD_SHARDS)
+    assert_accounted(out, GOOD_IDS, set(BAD))
+    errs = {r["record_id"]: r["error_type"] for r in read_table(out, "errors").to_pylist()}
+    assert errs == BAD
+    print(f"\nkilled workers: {killed}; records {N} + errors {len(BAD)} = {N + len(BAD)} inputs, each once")
+
+
+def test_random_stage_failures_seeded(base_bad, tmp_path):
+    """Each stage raises on its first try for a seeded random subset of shards (about half of them); every
+    failure is retried, and the tables equal the uninterrupted run."""
+    import numpy as np
+
+    from ecgray.pipeline import run
+
+    rng = np.random.default_rng(20261125)
+    shards = [f"{k:05d}" for k in range(N_BAD_SHARDS)]
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    faults, expected = [], set()
+    for stage in ("read", "attribute", "beats", "write", "commit"):
+        chosen = [sh for sh in shards if rng.random() < 0.5]
+        faults.append({"stage": stage, "mode": "raise", "shards": chosen, "marker_dir": str(marks)})
+        expected |= {f"{stage}-{sh}" for sh in chosen}
+    assert len(expected) >= 8  # with this seed: a real mix over all stages
+    out = tmp_path / "out"
+    s = run(str(base_bad["input"]), str(out), faults=faults, **base_bad["kw"])
+    assert {p.name for p in marks.iterdir()} == expected  # every chosen fault fired exactly on its first try
+    assert (s.shards_written, s.records_ok, s.records_error) == (N_BAD_SHARDS, N, len(BAD))
+    assert_same_as_reference(out, base_bad["ref"], N_BAD_SHARDS)
+    assert_accounted(out, GOOD_IDS, set(BAD))
+    print(f"\nseeded faults ({len(expected)}): {sorted(expected)}")

@@ -398,3 +398,19 @@ def test_catalog_schema_types():
     assert CATALOG_SCHEMA.field("leads").type == pa.list_(pa.string())
     assert [f"label_{c}" for c in CLASSES] + ["label_normal"] == [n for n in CATALOG_SCHEMA.names
                                                                  if n.startswith("label_") and n != "label_scheme"]
+
+
+def test_symlinked_records_are_read(cpsc_dir, tmp_path):
+    """A folder of symlinks to records (a common way to select a subset) reads like the originals."""
+    import os
+
+    from ecgray.io import catalog, read_record
+
+    for name in ("A0001", "A0002"):
+        for ext in (".hea", ".mat"):
+            os.symlink(os.path.abspath(f"{cpsc_dir}/{name}{ext}"), tmp_path / f"{name}{ext}")
+    cat = catalog(str(tmp_path))
+    assert cat.num_rows == 2 and cat.column("error").to_pylist() == [None, None]
+    assert cat.column("n_samples").to_pylist() == [7500, 5000]
+    a, b = read_record(str(tmp_path / "A0001")), read_record(f"{cpsc_dir}/A0001")
+    assert np.array_equal(a.signal, b.signal)

@@ -9,7 +9,12 @@
   multi-exam files.
 * Records that cannot be described are *kept*, with ``error`` (message) and
   ``error_type`` set and whatever could be read filled in; ``error`` is null
-  for good rows. Route rows with an error to the errors table.
+  for good rows. Route rows with an error to the errors table. This includes
+  things that look like records but are not: a directory named ``X.hea`` or
+  ``X.hdf5`` (``not_a_record``), and a signal file (``.dat``/``.mat``) that no
+  header names and that has no ``.hea`` of its own name (``missing_header``:
+  a record whose header was lost). Other files (``.csv``, ``.txt``, images,
+  annotation files) are not records and are not listed.
 * Rows are sorted by ``record_id`` (then ``uri``); local ``uri`` values are
   absolute paths, S3 ones ``s3://bucket/key``. Hidden files/folders (``.*``)
   are skipped. ``recursive=False`` looks at the top folder only.
@@ -80,29 +85,40 @@ def _error(row: dict, e: ECGError) -> dict:
     return row
 
 
-def _listing(fs, path: str, recursive: bool) -> tuple[dict[str, int | None], str | None]:
-    """``({path: size}, only)``: the files under ``path`` and, when ``path`` names one
-    WFDB record (with or without ``.hea``), that record's header path."""
+SIGNAL_SUFFIXES = (".dat", ".mat")
+RECORD_SUFFIXES = (".hea",) + HDF5_SUFFIXES
+
+
+def _listing(fs, path: str, recursive: bool) -> tuple[dict[str, int | None], list[str], str | None]:
+    """``({path: size}, dirs, only)``: the files under ``path``, the directories whose names look like
+    records (``X.hea/``, ``X.hdf5/``) and, when ``path`` names one WFDB record (with or without
+    ``.hea``), that record's header path."""
     head = path if path.lower().endswith(".hea") else path + ".hea"
     if fs.isfile(head):
         folder = posixpath.dirname(head)
         found = fs.find(folder, maxdepth=1, detail=True)
-        return {p: info.get("size") for p, info in found.items() if info.get("type", "file") == "file"}, head
+        return {p: info.get("size") for p, info in found.items() if info.get("type", "file") == "file"}, [], head
     if fs.isfile(path):
-        return {path: fs.size(path)}, None
+        return {path: fs.size(path)}, [], None
     if not fs.isdir(path):
         raise FileNotFoundError(f"no such folder, prefix or file: {path}")
-    found = fs.find(path, maxdepth=None if recursive else 1, detail=True)
+    found = fs.find(path, maxdepth=None if recursive else 1, detail=True, withdirs=True)
     root = path.rstrip("/")
-    out = {}
+    out, dirs = {}, []
     for p, info in found.items():
         rel = p[len(root):].lstrip("/") if p.startswith(root) else p
-        if any(part.startswith(".") for part in rel.split("/")):
+        if not rel or any(part.startswith(".") for part in rel.split("/")):
             continue
+        if info.get("islink"):  # local symlink: fsspec reports type "other"; follow it like open() does
+            info = dict(info, type="file" if fs.isfile(p) else ("directory" if fs.isdir(p) else "other"))
+            if info["type"] == "file":
+                info["size"] = fs.size(p)
         if info.get("type", "file") != "file":
+            if p.rstrip("/").lower().endswith(RECORD_SUFFIXES):
+                dirs.append(p.rstrip("/"))
             continue
         out[p] = info.get("size")
-    return out, None
+    return out, sorted(dirs), None
 
 
 def _n_samples(hdr, sizes: dict) -> int | None:
@@ -116,7 +132,9 @@ def _n_samples(hdr, sizes: dict) -> int | None:
     return int((sizes[files[0]] - offset) // per) if per else None
 
 
-def _wfdb_rows(uri_root: str, fs, heads: list[str], files: dict, table: LabelTable | None) -> list[dict]:
+def _wfdb_rows(uri_root: str, fs, heads: list[str], files: dict, table: LabelTable | None,
+               referenced: set | None = None) -> list[dict]:
+    """One row per header; the signal file paths the headers name are added to ``referenced``."""
     s3 = is_s3(uri_root)
     rows = []
     with tempfile.TemporaryDirectory(prefix="ecgray-cat-") as tmp:
@@ -128,8 +146,10 @@ def _wfdb_rows(uri_root: str, fs, heads: list[str], files: dict, table: LabelTab
             try:
                 if s3:
                     data = texts.get(hea)
-                    if isinstance(data, BaseException) or data is None:
-                        raise ReadError(name, f"cannot fetch header: {data!r}", error_type="missing_header")
+                    if data is None:
+                        raise ReadError(name, "header not found", error_type="missing_header")
+                    if isinstance(data, BaseException):
+                        raise wfdb_io.fetch_error(name, f"header {to_uri(uri_root, hea)}", data, "missing_header")
                     local = os.path.join(tmp, str(i), name)
                     os.makedirs(os.path.dirname(local))
                     with open(local + ".hea", "wb") as f:
@@ -143,6 +163,8 @@ def _wfdb_rows(uri_root: str, fs, heads: list[str], files: dict, table: LabelTab
                 meta, dx = wfdb_io.header_fields(hdr.comments or [])
                 header_labels = from_dx(dx) if dx else Labels.none()
                 sizes = {fn: files.get(posixpath.join(folder, fn)) for fn in wfdb_io.signal_files(hdr)}
+                if referenced is not None:
+                    referenced.update(posixpath.join(folder, fn) for fn in sizes)
                 row.update(
                     dataset=wfdb_io.guess_dataset(name, posixpath.basename(folder), header_labels.scheme),
                     fs=float(hdr.fs), n_samples=_n_samples(hdr, sizes), n_leads=int(hdr.n_sig),
@@ -188,18 +210,51 @@ def _hdf5_rows(uri_root: str, paths: list[str], table: LabelTable | None) -> lis
     return rows
 
 
+def _not_records(uri_root: str, dirs: list[str]) -> list[dict]:
+    """Error rows for directories named like records (``X.hea/``, ``X.hdf5/``)."""
+    rows = []
+    for d in dirs:
+        name, ext = posixpath.splitext(posixpath.basename(d))
+        fmt = "wfdb" if ext.lower() == ".hea" else "code15"
+        err = ReadError(name, f"{to_uri(uri_root, d)} is a directory, not a {'header' if fmt == 'wfdb' else 'HDF5'} "
+                              "file", error_type="not_a_record")
+        rows.append(_error(_row(name, to_uri(uri_root, d), fmt), err))
+    return rows
+
+
+def _orphans(uri_root: str, files: dict, heads: list[str], referenced: set[str]) -> list[dict]:
+    """Error rows (``missing_header``) for signal files no header names and without a header of their own
+    name: records whose ``.hea`` is missing. One row per (folder, name) even with both .dat and .mat."""
+    have = {h[:-4] for h in heads}
+    seen: dict[str, list[str]] = {}
+    for p in sorted(files):
+        base, ext = posixpath.splitext(p)
+        if ext.lower() in SIGNAL_SUFFIXES and p not in referenced and base not in have:
+            seen.setdefault(base, []).append(posixpath.basename(p))
+    rows = []
+    for base, names in seen.items():
+        name = posixpath.basename(base)
+        err = ReadError(name, f"signal file {', '.join(names)} has no header {name}.hea (and no header names it)",
+                        error_type="missing_header")
+        rows.append(_error(_row(name, to_uri(uri_root, base), "wfdb"), err))
+    return rows
+
+
 def catalog(path_or_s3_prefix: str, *, labels_csv: str | None = None, recursive: bool = True) -> pa.Table:
     """List the records under a local folder or S3 prefix as a :class:`pyarrow.Table`
     (schema :data:`CATALOG_SCHEMA`), reading headers/shapes only. See the module docstring."""
     root = str(path_or_s3_prefix)
     fs, path = open_fs(root)
-    files, only = _listing(fs, path, recursive)
+    files, dirs, only = _listing(fs, path, recursive)
     table = read_labels_csv(labels_csv) if labels_csv else None
     if only is not None:
         heads, h5s = [only], []
     else:
         heads = sorted(p for p in files if p.lower().endswith(".hea"))
         h5s = sorted(p for p in files if p.lower().endswith(HDF5_SUFFIXES))
-    rows = _wfdb_rows(root, fs, heads, files, table) + _hdf5_rows(root, h5s, table)
+    referenced: set[str] = set()
+    rows = _wfdb_rows(root, fs, heads, files, table, referenced) + _hdf5_rows(root, h5s, table)
+    if only is None:
+        rows += _not_records(root, dirs) + _orphans(root, files, heads, referenced)
     rows.sort(key=lambda r: (r["record_id"], r["uri"]))
     return pa.Table.from_pylist(rows, schema=CATALOG_SCHEMA)

@@ -17,12 +17,17 @@ Read policy:
   preprocessing rejects (``nan_or_inf``).
 
 Errors (:class:`ecgray.errors.ReadError`, ``error_type``):
-``missing_header``, ``bad_header`` (unparsable/garbled, no signals, no lead
-names), ``unsupported_format`` (multi-segment record, unknown sample
-format), ``bad_gain`` (ADC gain 0 written in the header; wfdb would silently
-use 200), ``bad_units``, ``missing_signal_file``, ``truncated`` (signal file
-shorter than the header says), ``length_mismatch`` (longer, or wfdb returned
-another length), ``unreadable`` (anything else wfdb/numpy raised).
+``missing_header``, ``bad_header`` (empty, unparsable/garbled, no signals, no
+lead names, a signal file name with a path in it), ``unsupported_format``
+(multi-segment record, unknown sample format), ``bad_gain`` (ADC gain 0
+written in the header; wfdb would silently use 200), ``bad_units``,
+``missing_signal_file`` (also: an S3 object listed but gone, 404),
+``truncated`` (signal file shorter than the header says, or empty),
+``length_mismatch`` (longer, or wfdb returned another length),
+``access_denied`` (no permission to read the header or a signal file: a
+local ``PermissionError`` or S3 403), ``unreadable`` (anything else
+wfdb/numpy/the storage raised; transient S3 failures are retried by
+botocore/s3fs before this).
 """
 from __future__ import annotations
 
@@ -171,6 +176,9 @@ def check_signal_files(hdr, sizes: dict[str, int | None], record_id: str) -> Non
         if bounds is None:
             continue
         lo, hi = bounds
+        if size == 0:
+            raise ReadError(record_id, f"signal file {name} is empty (0 bytes), header needs {lo} "
+                                       f"({hdr.sig_len} samples)", error_type="truncated")
         if size < lo:
             raise ReadError(record_id, f"signal file {name} is truncated: {size} bytes, header needs {lo} "
                                        f"({hdr.sig_len} samples)", error_type="truncated")
@@ -179,8 +187,32 @@ def check_signal_files(hdr, sizes: dict[str, int | None], record_id: str) -> Non
                                        f"({hdr.sig_len} samples)", error_type="length_mismatch")
 
 
+def fetch_error(record_id: str, what: str, exc: BaseException, missing_type: str) -> ReadError:
+    """A storage failure as a ReadError: not found -> ``missing_type``, no permission -> ``access_denied``,
+    anything else -> ``unreadable``."""
+    if isinstance(exc, FileNotFoundError):
+        return ReadError(record_id, f"{what} not found", error_type=missing_type)
+    if isinstance(exc, PermissionError):
+        return ReadError(record_id, f"access denied to {what}: {exc}", error_type="access_denied")
+    return ReadError(record_id, f"cannot fetch {what}: {type(exc).__name__}: {exc}", error_type="unreadable")
+
+
 def rdheader(base: str, record_id: str):
     """:func:`wfdb.rdheader` on a local record path; errors -> ReadError ``bad_header``."""
+    try:
+        with open(base + ".hea", "rb") as f:
+            text = f.read().decode("latin-1")
+    except OSError:
+        text = None  # wfdb.rdheader says what is wrong
+    if text is not None:
+        if not text.strip():
+            raise ReadError(record_id, f"header file is empty ({len(text)} bytes)", error_type="bad_header")
+        lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        for line in lines[1:]:
+            name = line.split()[0]
+            if "/" in name or "\\" in name:
+                raise ReadError(record_id, f"signal file name {name!r} is not a plain file name (a path: refused)",
+                                error_type="bad_header")
     try:
         return wfdb.rdheader(base)
     except FileNotFoundError:
@@ -196,6 +228,11 @@ def read_header_text(base: str, record_id: str) -> str:
             return f.read().decode("latin-1")
     except FileNotFoundError:
         raise ReadError(record_id, f"header {base}.hea not found", error_type="missing_header") from None
+    except IsADirectoryError:
+        raise ReadError(record_id, f"{base}.hea is a directory, not a header file",
+                        error_type="not_a_record") from None
+    except PermissionError as e:
+        raise ReadError(record_id, f"access denied to header {base}.hea: {e}", error_type="access_denied") from None
     except OSError as e:
         raise ReadError(record_id, f"cannot read header: {e}", error_type="missing_header") from None
 
@@ -211,6 +248,8 @@ def parse_local_header(base: str, record_id: str):
 def _physical_mv(base: str, hdr, record_id: str) -> np.ndarray:
     try:
         rec = wfdb.rdrecord(base, physical=True)
+    except PermissionError as e:
+        raise ReadError(record_id, f"access denied to a signal file: {e}", error_type="access_denied") from None
     except Exception as e:
         raise ReadError(record_id, f"cannot read signal: {type(e).__name__}: {e}", error_type="unreadable") from None
     sig = rec.p_signal
@@ -270,11 +309,8 @@ def read_wfdb(uri: str, record_id: str | None = None) -> Record:
     with tempfile.TemporaryDirectory(prefix="ecgray-wfdb-") as tmp:
         try:
             head = fs.cat_file(path + ".hea")
-        except FileNotFoundError:
-            raise ReadError(rid, f"header {base_uri}.hea not found", error_type="missing_header") from None
         except Exception as e:
-            raise ReadError(rid, f"cannot fetch header {base_uri}.hea: {type(e).__name__}: {e}",
-                            error_type="unreadable") from None
+            raise fetch_error(rid, f"header {base_uri}.hea", e, "missing_header") from None
         local = os.path.join(tmp, name)
         with open(local + ".hea", "wb") as f:
             f.write(head)
@@ -285,10 +321,10 @@ def read_wfdb(uri: str, record_id: str | None = None) -> Record:
             try:
                 data = fs.cat_file(posixpath.join(folder, fname))
             except FileNotFoundError:
-                sizes[fname] = None
+                sizes[fname] = None  # listed by the catalog but gone now (404): missing_signal_file
                 continue
             except Exception as e:
-                raise ReadError(rid, f"cannot fetch {fname}: {type(e).__name__}: {e}", error_type="unreadable") from None
+                raise fetch_error(rid, f"signal file {fname}", e, "missing_signal_file") from None
             with open(os.path.join(tmp, fname), "wb") as f:
                 f.write(data)
             sizes[fname] = len(data)

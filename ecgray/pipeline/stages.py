@@ -1,8 +1,9 @@
 """The four stages of the Ray Data plan. One row = one shard everywhere.
 
 Rows travel between stages as ``pa.Table``\\ s with two columns, ``shard``
-(string) and ``payload`` (large_binary: a pickled dict), so Ray Data never
-holds tensor-extension columns and every stage sees a whole shard:
+(string) and ``payload`` (large_binary: a dict encoded by
+:mod:`ecgray.pipeline.codec` -- JSON + ``.npy`` arrays, no pickle), so Ray Data
+never holds tensor-extension columns and every stage sees a whole shard:
 
 * :func:`read_preprocess` (task) -- ``prepare`` each record of the shard: stacked
   windows ``x (W, 12, 4096)``, per-window metadata, error rows;
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import time
 from types import SimpleNamespace
 
@@ -30,6 +30,8 @@ import numpy as np
 import pyarrow as pa
 
 from schemas.tables import LEADS, conform, empty, from_rows
+
+from . import codec
 
 log = logging.getLogger("ecgray.pipeline")
 
@@ -40,14 +42,14 @@ FS = 400
 
 # --------------------------------------------------------------------------- row (de)serialisation
 def pack(shard: str, payload: dict) -> pa.Table:
-    data = pickle.dumps(payload, protocol=5)
+    data = codec.dumps(payload)
     return pa.table({"shard": pa.array([shard], pa.string()), "payload": pa.array([data], pa.large_binary())})
 
 
 def unpack(batch: pa.Table) -> list[tuple[str, dict]]:
     shards = batch.column("shard").to_pylist()
     payloads = batch.column("payload")
-    return [(s, pickle.loads(payloads[i].as_py())) for i, s in enumerate(shards)]
+    return [(s, codec.loads(payloads[i].as_py())) for i, s in enumerate(shards)]
 
 
 def concat_rows(tables: list[pa.Table]) -> pa.Table:

@@ -1,0 +1,44 @@
+"""`ecgray bench --quick`: runs in CI, prints its table, writes JSON with side-by-side ratios.
+
+The speed figures themselves are not asserted (2-core CI machines vary); what is asserted is that
+every phase ran against its baseline on the same inputs and that the fast path equals the naive
+Captum loop to 1e-4 relative.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.timeout(600)
+def test_bench_quick(tmp_path):
+    out = tmp_path / "bench.json"
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", COLUMNS="160")
+    proc = subprocess.run([sys.executable, "-m", "ecgray.cli", "bench", "--quick", "--out", str(out)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=580)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    print(proc.stdout)
+    assert "IG-8 all targets (fast path)" in proc.stdout and "end to end" in proc.stdout
+    res = json.loads(out.read_text())
+    assert res["quick"] and res["records"] == 1 and len(res["targets"]) == 6
+    m = res["machine"]
+    assert {"cpu", "cpu_count", "torch", "ray", "captum", "torch_threads", "device"} <= set(m)
+    ig = res["phases"]["ig_8"]
+    assert ig["max_rel_diff"] < 1e-4 and ig["max_rel_diff_rows_path"] < 1e-4
+    for k in ("naive", "ecgray", "ecgray_rows"):
+        assert ig[k]["seconds"] > 0 and ig[k]["peak_rss_mib"] > 100
+    eq = ig["equal_error"]
+    assert eq["rows_within_rtol"] > 0.5 and sum(eq["steps_histogram"].values()) == 6
+    assert res["phases"]["saliency"]["max_rel_diff"] < 1e-4
+    assert res["phases"]["lrp_epsilon"]["max_rel_diff"] < 1e-3
+    e2e = res["phases"]["end_to_end"]
+    assert e2e["records_ok"] == 2 and e2e["records_error"] == 0 and e2e["pipeline_s"] > 0
+    assert 0.5 < res["forward_gflop"] / 3.65 < 1.5  # the published network: ~3.65 GFLOP per ECG
+    assert all(r["ecgray_s"] > 0 for r in res["rows"])
