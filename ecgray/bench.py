@@ -12,7 +12,10 @@ inputs, with the machine, library versions and thread counts recorded:
   naive IG's median completeness error, vs the naive loop at its fixed steps;
 * ``saliency`` / ``lrp_epsilon``: one (record, target) at a time vs ecgray;
 * ``batch``: ecgray IG records per call;
-* ``autocast`` (CUDA): bf16 vs float32 error and speed;
+* ``precision`` (CUDA): IG in true float32 (ecgray's default), TF32 and bf16,
+  eager and (``--compile``) ``torch.compile``d, each with its error against
+  the float32 result; the main phases run the naive loop and ecgray both in
+  true float32 (TF32 off), so their outputs can be compared to 1e-4;
 * ``end_to_end``: the local Ray pipeline (read, preprocess, attribute, beats,
   Parquet) vs the attribution stage alone on the same records.
 
@@ -95,6 +98,8 @@ def _sync(device: str) -> None:
 def timed(device: str, out: dict, gpu: bool = False):
     """Wall time, peak RSS (MiB) and GPU utilisation of the block into ``out``."""
     _sync(device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
     with Sampler(gpu=gpu) as s:
         t0 = time.perf_counter()
         yield out
@@ -103,11 +108,19 @@ def timed(device: str, out: dict, gpu: bool = False):
     out["peak_rss_mib"] = round(s.peak_rss / 2**20, 1)
     if s.util:
         out["gpu_util_mean"] = round(float(np.mean(s.util)), 1)
+    if device.startswith("cuda"):
+        out["gpu_peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
 
 
 def machine(device: str) -> dict:
     import captum
-    import ray
+
+    try:
+        import ray
+
+        ray_version = ray.__version__
+    except ImportError:  # a GPU box with only the attribution stack: no pipeline phase there
+        ray_version = None
 
     cpu = platform.processor()
     try:
@@ -119,11 +132,14 @@ def machine(device: str) -> dict:
         pass
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
             "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "captum": captum.__version__, "ray": ray.__version__, "device": device,
+            "captum": captum.__version__, "ray": ray_version, "device": device,
             "load_avg_at_start": [round(v, 2) for v in os.getloadavg()]}
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name()
         info["cuda"] = torch.version.cuda
+        info["cudnn"] = torch.backends.cudnn.version()
+        info["tf32_conv"] = bool(torch.backends.cudnn.allow_tf32)  # fp32 convolutions run as TF32 when true
+        info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
     return info
 
 
@@ -214,10 +230,17 @@ def gains(model, X, targets, device) -> np.ndarray:
 
 
 def run_bench(*, device: str = "cpu", quick: bool = False, model: str = "random", records: int | None = None,
-              n_steps: tuple[int, ...] | None = None, e2e_records: int | None = None, autocast: bool = True,
-              batch_sizes: tuple[int, ...] | None = None, data: Path | None = None, console=None) -> dict:
-    """Run the phases; returns the JSON-able result (``rows`` = the printed table)."""
+              n_steps: tuple[int, ...] | None = None, e2e_records: int | None = None, precisions: bool = True,
+              batch_sizes: tuple[int, ...] | None = None, data: Path | None = None, compile_model: bool = False,
+              checkpoint: Path | None = None, console=None) -> dict:
+    """Run the phases; returns the JSON-able result (``rows`` = the printed table).
+
+    ``checkpoint``: a JSON path rewritten after every phase, so a run cut short
+    (a time limit on a lent GPU) still leaves what it measured. ``compile_model``:
+    also time ``torch.compile`` of the model (CUDA phases; compile time reported).
+    """
     from ecgray.attribution import attribute
+    from ecgray.attribution.core import precision_mode
     from ecgray.models import load_model
 
     cuda = device.startswith("cuda")
@@ -241,20 +264,24 @@ def run_bench(*, device: str = "cpu", quick: bool = False, model: str = "random"
              "ratio": None if base_s is None else round(base_s / s, 2), "attributions_per_s": round(n_attr / s, 2),
              **extra}
         rows.append(r)
+        if checkpoint is not None:
+            save({**res, "rows": rows, "partial": True}, checkpoint)
         return r
 
     # warm-up (kernels, lazy imports) outside every timing
     attribute(net, X[:1], targets=[0], method="ig", n_steps=2)
     naive_ig(net, X[:1], [0], 2, device)
     n_attr = n_rec * len(T)
+    fast_by_steps: dict[int, np.ndarray] = {}
     for n in steps:
         ph: dict = {"n_steps": n}
-        with timed(device, ph.setdefault("naive", {}), gpu=cuda):
+        with timed(device, ph.setdefault("naive", {}), gpu=cuda), precision_mode("fp32", device):
             ref = naive_ig(net, X, T, n, device)
         with timed(device, ph.setdefault("ecgray", {}), gpu=cuda):
             fast = attribute(net, X, targets=None, method="ig", n_steps=n)
         with timed(device, ph.setdefault("ecgray_rows", {}), gpu=cuda):
             rows_path = attribute(net, X, targets=None, method="ig", n_steps=n, multi_target="rows")
+        fast_by_steps[n] = fast.relevance
         ph["max_abs_diff"] = float(np.abs(fast.relevance - ref).max())
         ph["max_rel_diff"] = _rel(fast.relevance, ref)
         ph["max_rel_diff_rows_path"] = _rel(rows_path.relevance, ref)
@@ -265,10 +292,7 @@ def run_bench(*, device: str = "cpu", quick: bool = False, model: str = "random"
         row(f"IG-{n} rows path (targets stacked)", b, ph["ecgray_rows"]["seconds"], n_attr,
             max_rel_diff=f"{ph['max_rel_diff_rows_path']:.1e}", peak_rss_mib=ph["ecgray_rows"]["peak_rss_mib"])
         if cuda:
-            per = n * F * (1.0 / len(T) + 1.0)  # shared forward over the targets + one input-gradient backward each
-            ph["achieved_tflops"] = round(n_attr * per / e / 1e12, 2)
-            pk = peak_tflops(res["machine"].get("gpu", ""))
-            ph["roofline_fraction_fp32_work_vs_bf16_peak"] = None if pk is None else round(ph["achieved_tflops"] / pk, 4)
+            _roofline(ph, n, F, len(T), n_attr, res["machine"].get("gpu", ""), seconds=e)
         # equal completeness error: adaptive steps reaching the naive loop's median error
         g = gains(net, X, T, device)
         d_ref = ref.sum(axis=(2, 3)) - g
@@ -292,7 +316,7 @@ def run_bench(*, device: str = "cpu", quick: bool = False, model: str = "random"
                           ("lrp_epsilon", lambda: attribute(net, X, targets=None, method="lrp_epsilon", batch_size=1,
                                                             multi_target="rows").relevance)):
         ph = {}
-        with timed(device, ph.setdefault("naive", {}), gpu=cuda):
+        with timed(device, ph.setdefault("naive", {}), gpu=cuda), precision_mode("fp32", device):
             ref = naive()
         with timed(device, ph.setdefault("ecgray", {}), gpu=cuda):
             fast = attribute(net, X, targets=None, method=method)
@@ -311,20 +335,10 @@ def run_bench(*, device: str = "cpu", quick: bool = False, model: str = "random"
         P["batch"][bs] = ph
         row(f"IG-{n_b} batch_size={bs} records", None, ph["seconds"], n_attr, peak_rss_mib=ph["peak_rss_mib"])
 
-    if cuda and autocast:
+    if cuda and precisions:
         n = steps[-1]
-        ph = {}
-        ref = attribute(net, X, targets=None, method="ig", n_steps=n)
-        with timed(device, ph, gpu=True):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                lo = attribute(net, X, targets=None, method="ig", n_steps=n)
-        num = np.linalg.norm((lo.relevance - ref.relevance).reshape(n_attr, -1), axis=1)
-        den = np.linalg.norm(ref.relevance.reshape(n_attr, -1), axis=1)
-        ph.update(median_rel_l2_vs_fp32=float(np.median(num / den)), max_rel_l2_vs_fp32=float((num / den).max()),
-                  fp32_seconds=P[f"ig_{n}"]["ecgray"]["seconds"])
-        P["autocast_bf16"] = ph
-        row(f"IG-{n} bf16 autocast", ph["fp32_seconds"], ph["seconds"], n_attr,
-            rel_l2_err=f"{ph['median_rel_l2_vs_fp32']:.1e}")
+        P["precision"] = _cuda_precisions(net, X, T, n, F, res["machine"].get("gpu", ""), device, row, compile_model,
+                                          fast_by_steps[n], P[f"ig_{n}"]["ecgray"]["seconds"])
 
     n_e2e = e2e_records if e2e_records is not None else (2 if quick else 8)
     if n_e2e:
@@ -334,6 +348,66 @@ def run_bench(*, device: str = "cpu", quick: bool = False, model: str = "random"
             e["pipeline_s"], e["records"] * len(T), records_per_s=round(e["pipeline_records_per_s"], 3))
     res["rows"] = rows
     return res
+
+
+def _roofline(ph: dict, n_steps: int, F: float, n_targets: int, n_attr: int, gpu: str,
+              seconds: float | None = None) -> None:
+    """Achieved TFLOP/s of an IG run and its fraction of the card's dense bf16 peak, into ``ph``.
+
+    Work counted: per record ``n_steps`` shared forwards plus, per target, ``n_steps``
+    input-gradient backwards of about one forward's FLOPs each."""
+    per = n_steps * F * (1.0 / n_targets + 1.0)
+    s = seconds if seconds is not None else ph["seconds"]
+    ph["achieved_tflops"] = round(n_attr * per / s / 1e12, 2)
+    pk = peak_tflops(gpu)
+    ph["bf16_peak_tflops"] = pk
+    ph["roofline_fraction_of_bf16_peak"] = None if pk is None else round(ph["achieved_tflops"] / pk, 4)
+
+
+def _rel_l2(a: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    """Median and worst relative L2 error per (record, target) row."""
+    n = a.shape[0] * a.shape[1]
+    num = np.linalg.norm((a - ref).reshape(n, -1), axis=1)
+    den = np.maximum(np.linalg.norm(ref.reshape(n, -1), axis=1), 1e-30)
+    return float(np.median(num / den)), float((num / den).max())
+
+
+def _cuda_precisions(net, X, T, n, F, gpu, device, row, compile_model, ref, ref_s) -> dict:
+    """IG-``n`` in true float32, TF32 and bf16, eager and (``compile_model``) compiled: time after
+    a warm-up (the compile time is the first call's), error vs the float32 fast path ``ref``,
+    achieved TFLOP/s and the share of the card's bf16 peak."""
+    from ecgray.attribution import attribute
+    from ecgray.attribution.fast import compile_model as _compile
+
+    n_attr = len(X) * len(T)
+    out: dict = {}
+    for prec in ("fp32", "tf32", "bf16"):
+        for mode in ("eager", "compiled") if compile_model else ("eager",):
+            ph: dict = {"precision": prec, "mode": mode}
+            try:
+                if mode == "compiled":
+                    torch._dynamo.reset()  # a fresh cache: no recompile limit carried over from other settings
+                    model = _compile(net)
+                else:
+                    model = net
+                t0 = time.perf_counter()
+                attribute(model, X, targets=None, method="ig", n_steps=n, precision=prec)  # warm-up / compile
+                ph["first_call_s"] = time.perf_counter() - t0
+                with timed(device, ph, gpu=True):
+                    res = attribute(model, X, targets=None, method="ig", n_steps=n, precision=prec)
+            except Exception as exc:  # noqa: BLE001 - report, keep the other figures
+                ph["error"] = f"{type(exc).__name__}: {exc}"[:500]
+                out[f"{prec}_{mode}"] = ph
+                continue
+            ph["median_rel_l2_vs_fp32"], ph["max_rel_l2_vs_fp32"] = _rel_l2(res.relevance, ref)
+            ph["max_rel_diff_vs_fp32"] = _rel(res.relevance, ref)
+            _roofline(ph, n, F, len(T), n_attr, gpu)
+            out[f"{prec}_{mode}"] = ph
+            row(f"IG-{n} {prec} {mode} (vs fp32 eager)", ref_s, ph["seconds"], n_attr,
+                rel_l2=f"{ph['median_rel_l2_vs_fp32']:.1e}", tflops=ph["achieved_tflops"],
+                roofline=ph["roofline_fraction_of_bf16_peak"], gpu_util=ph.get("gpu_util_mean"),
+                first_call_s=round(ph["first_call_s"], 1))
+    return out
 
 
 def end_to_end(model: str, n: int, n_steps: int, *, device: str, data: Path | None = None) -> dict:

@@ -286,7 +286,8 @@ def run_pipeline(
     keep_relevance: bool = typer.Option(False, "--keep-relevance", help="Also write the full per-sample relevance table."),
     num_actors: Optional[int] = typer.Option(None, "--num-actors", help="Attribution actors (default: one per GPU, else 1)."),
     gpu: Optional[bool] = typer.Option(None, "--gpu/--no-gpu", help="Attribute on GPUs (default: if the cluster has any)."),
-    autocast: bool = typer.Option(False, "--autocast", help="bf16 autocast for attribution (CUDA only; ignored on CPU)."),
+    precision: str = typer.Option("fp32", "--precision", help="GPU arithmetic of attribution: fp32 (true float32, default), tf32 or bf16 (faster, less exact; see the README). CPU: always fp32."),
+    autocast: bool = typer.Option(False, "--autocast", help="Same as --precision bf16."),
     batch_size: int = typer.Option(8, "--batch-size", help="Records per attribution call (rows on the rows path)."),
     run_id: Optional[str] = typer.Option(None, "--run-id", help="Run id stored in every row (default: random)."),
     torch_threads: Optional[int] = typer.Option(None, "--torch-threads", help="Torch threads per CPU attribution actor (default: half the cores / actors; all cores suit IG)."),
@@ -318,7 +319,8 @@ def run_pipeline(
         summary = run_dataset(input, output, model=model, weights=weights, methods=methods, targets=targets,
                               output_kind=output_kind, params=params, shard_size=shard_size, policy=policy,
                               labels_csv=labels, keep_relevance=keep_relevance, resume=resume, overwrite=overwrite,
-                              num_attr_actors=num_actors, use_gpu=gpu, autocast=autocast, batch_size=batch_size,
+                              num_attr_actors=num_actors, use_gpu=gpu, precision="bf16" if autocast else precision,
+                              batch_size=batch_size,
                               run_id=run_id, torch_threads=torch_threads)
     except (PipelineError, ModelError, FileNotFoundError, ValueError) as exc:
         fail(str(exc))
@@ -440,20 +442,23 @@ def bench_cmd(
     records: Optional[int] = typer.Option(None, "--records", help="Records per phase (default 4 on CPU, 64 on CUDA, 1 quick)."),
     n_steps: Optional[str] = typer.Option(None, "--n-steps", help="IG step counts, comma-separated (default 16,50; quick 8)."),
     e2e_records: Optional[int] = typer.Option(None, "--e2e-records", help="Records of the end-to-end pipeline phase (0 = skip)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSON result (default benchmarks/results/bench_<device>[_quick].json)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSON result (default benchmarks/results/bench_<device>[_quick].json); rewritten after every phase."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Folder of CODE-15 HDF5 exams for the inputs (default ../shared/data/code15-test80; synthetic ECGs if absent)."),
+    compile_model: bool = typer.Option(False, "--compile", help="Also time torch.compile of the model (CUDA only)."),
 ) -> None:
     """Attribution and pipeline speed as ratios to the naive Captum loop, measured side by side; JSON + table."""
     from .bench import ROOT, print_table, run_bench, save
 
     steps = tuple(int(v) for v in n_steps.split(",")) if n_steps else None
+    name = f"bench_{device.split(':')[0]}{'_quick' if quick else ''}.json"
+    path = out or ROOT / "benchmarks" / "results" / name
     try:
         res = run_bench(device=device, quick=quick, model=model, records=records, n_steps=steps,
-                        e2e_records=e2e_records)
+                        e2e_records=e2e_records, data=data, compile_model=compile_model, checkpoint=path)
     except RuntimeError as exc:
         fail(str(exc))
     print_table(res, console)
-    name = f"bench_{device.split(':')[0]}{'_quick' if quick else ''}.json"
-    path = save(res, out or ROOT / "benchmarks" / "results" / name)
+    path = save(res, path)
     console.print(f"wrote {path}")
 
 

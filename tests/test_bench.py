@@ -42,3 +42,22 @@ def test_bench_quick(tmp_path):
     assert e2e["records_ok"] == 2 and e2e["records_error"] == 0 and e2e["pipeline_s"] > 0
     assert 0.5 < res["forward_gflop"] / 3.65 < 1.5  # the published network: ~3.65 GFLOP per ECG
     assert all(r["ecgray_s"] > 0 for r in res["rows"])
+
+
+def test_committed_results_name_their_machine_and_agree():
+    """The full runs' JSON under benchmarks/results/: machine named; fast path == naive loop to 1e-4
+    in float32 (CPU and the H200 run with TF32 off); the precision phases report their error."""
+    res_dir = ROOT / "benchmarks" / "results"
+    cpu = json.loads((res_dir / "bench_cpu.json").read_text())
+    gpu = json.loads((res_dir / "bench_cuda.json").read_text())
+    assert cpu["machine"]["cpu"] and cpu["machine"]["torch_threads"] >= 1 and not cpu["quick"]
+    assert "H200" in gpu["machine"]["gpu"] or "H100" in gpu["machine"]["gpu"]
+    for res in (cpu, gpu):
+        for n in (16, 50):
+            ph = res["phases"][f"ig_{n}"]
+            assert ph["max_rel_diff"] < 1e-4, (res["machine"]["device"], n, ph["max_rel_diff"])
+            assert ph["naive"]["seconds"] > ph["ecgray"]["seconds"]  # the fast path is faster, on both
+    prec = gpu["phases"]["precision"]
+    assert prec["fp32_eager"]["median_rel_l2_vs_fp32"] < 1e-6
+    assert prec["tf32_eager"]["median_rel_l2_vs_fp32"] > 1e-4  # why fp32 is the default
+    assert prec["bf16_compiled"]["seconds"] < prec["fp32_eager"]["seconds"]

@@ -104,3 +104,31 @@ def test_switch_validation(model, x):
         attribute(model, x[:1], targets=["AF"], method="ig", multi_target="fast")
     with pytest.raises(ValueError, match="adaptive steps"):
         attribute(model, x[:1], targets=["AF"], method="ig", rtol=0.1, multi_target="rows")
+
+
+def test_precision_switch(model, x):
+    res = attribute(model, x[:1], targets=["AF"], method="saliency")
+    assert res.params["precision"] == "fp32"
+    for bad in ("bf16", "tf32"):
+        with pytest.raises(ValueError, match="needs a CUDA device"):
+            attribute(model, x[:1], targets=["AF"], method="saliency", precision=bad)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        attribute(model, x[:1], targets=["AF"], method="saliency", precision="fp16")
+    assert [p.requires_grad for p in model.parameters()] == [True] * len(list(model.parameters()))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_precision_on_cuda(model, x):
+    """True float32 on CUDA matches the CPU; TF32 / bf16 differ; the global flags are restored."""
+    cpu = attribute(model, x, targets=TARGETS, method="ig", n_steps=8)
+    net = model.to("cuda")
+    try:
+        before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        fp32 = attribute(net, x, targets=TARGETS, method="ig", n_steps=8)
+        assert rel_max(fp32.relevance, cpu.relevance) < 1e-4
+        for prec in ("tf32", "bf16"):
+            low = attribute(net, x, targets=TARGETS, method="ig", n_steps=8, precision=prec)
+            assert low.params["precision"] == prec and np.isfinite(low.relevance).all()
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+    finally:
+        model.to("cpu")

@@ -54,7 +54,8 @@ def head():
            # use tokens on both sides (the token lives in ~/.ray/auth_token).
            "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
-    cmd = [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", "--dashboard-host=127.0.0.1",
+    cmd = [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
+           "--dashboard-host=127.0.0.1",
            f"--dashboard-port={dash}", "--include-dashboard=true", "--num-cpus=2", "--num-gpus=0",
            f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
            f"--runtime-env-agent-port={rt_env}", f"--metrics-export-port={metrics}",

@@ -1,6 +1,7 @@
 """The Ray Data pipeline on local disk: exact row counts, exactly-once, readers, parity with explain(), resume."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -211,6 +212,17 @@ def test_refuses_non_empty_output_and_changed_input(first_run, setup, tmp_path):
         run(str(changed), str(target), resume=True, **kw)
     with pytest.raises(PipelineError, match="settings changed"):
         run(str(setup["input"]), str(target), resume=True, **{**kw, "targets": ["AF"]})
+    # the arithmetic is a setting too; outputs written before it was recorded count as float32
+    with pytest.raises(PipelineError, match="settings changed.*precision: was 'fp32', now 'bf16'"):
+        run(str(setup["input"]), str(target), resume=True, precision="bf16", **kw)
+    manifest = json.loads((target / "_manifest.json").read_text())
+    assert manifest["precision"] == "fp32"
+    del manifest["precision"]
+    (target / "_manifest.json").write_text(json.dumps(manifest))
+    s = run(str(setup["input"]), str(target), resume=True, **kw)
+    assert (s.shards_skipped, s.shards_written) == (3, 0)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        run(str(setup["input"]), str(tmp_path / "p"), precision="fp16", **kw)
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     with pytest.raises(PipelineError, match="not ecgray pipeline output"):

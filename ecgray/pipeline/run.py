@@ -21,7 +21,9 @@ RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 # Fields of the manifest that must match for --resume to continue a previous run.
 RESUME_KEYS = ("model", "model_id", "methods", "targets", "output_kind", "params", "shard_size", "policy",
-               "keep_relevance", "beats", "schema_version")
+               "keep_relevance", "beats", "schema_version", "precision")
+#: manifest values of outputs written before a key existed
+RESUME_DEFAULTS = {"precision": "fp32"}
 
 
 @dataclass
@@ -117,7 +119,7 @@ def _check_output(store: Store, shards: list[dict], manifest: dict, *, resume: b
     if old is None:
         raise PipelineError(f"cannot resume into {store.root}: it has no {'_manifest.json'} (not an ecgray "
                             "pipeline output); use --overwrite or another output")
-    diff = [k for k in RESUME_KEYS if old.get(k) != manifest.get(k)]
+    diff = [k for k in RESUME_KEYS if old.get(k, RESUME_DEFAULTS.get(k)) != manifest.get(k)]
     if diff:
         detail = "; ".join(f"{k}: was {old.get(k)!r}, now {manifest.get(k)!r}" for k in diff)
         raise PipelineError(f"cannot resume into {store.root}: the run's settings changed ({detail}); "
@@ -136,7 +138,8 @@ def run(input: str, output: str, *, model: str, weights: str | None = None, meth
         targets: Sequence[str] | None = None, output_kind: str = "logit", params: dict | None = None,
         shard_size: int = 32, policy: str = "first", labels_csv: str | None = None, keep_relevance: bool = False,
         resume: bool = False, overwrite: bool = False, num_attr_actors: int | None = None,
-        use_gpu: bool | None = None, autocast: bool | None = None, batch_size: int = 8, run_id: str | None = None,
+        use_gpu: bool | None = None, precision: str = "fp32", autocast: bool | None = None, batch_size: int = 8,
+        run_id: str | None = None,
         beats: bool = True, progress: bool | None = None, faults: dict | None = None,
         verbose: bool = False, torch_threads: int | None = None) -> RunSummary:
     """Explain every record under ``input`` and write the tables under ``output``.
@@ -160,6 +163,12 @@ def run(input: str, output: str, *, model: str, weights: str | None = None, meth
         raise ValueError("shard_size must be >= 1")
     if output_kind not in ("logit", "probability"):
         raise ValueError("output_kind must be 'logit' or 'probability'")
+    from ecgray.attribution.core import PRECISIONS
+
+    if autocast:  # the older spelling of precision="bf16"
+        precision = "bf16"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     run_id = run_id or new_run_id()
     if not RUN_ID.fullmatch(str(run_id)):
         raise PipelineError(f"invalid run id {run_id!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a "
@@ -184,7 +193,7 @@ def run(input: str, output: str, *, model: str, weights: str | None = None, meth
         "input": str(input), "model": str(model), "weights": None if weights is None else str(weights),
         "model_id": mid, "methods": methods, "targets": targets, "output_kind": output_kind, "params": params,
         "shard_size": shard_size, "policy": policy, "keep_relevance": bool(keep_relevance), "beats": with_beats,
-        "schema_version": SCHEMA_VERSION, "n_records": cat.num_rows, "n_shards": len(shards), "run_id": run_id,
+        "schema_version": SCHEMA_VERSION, "precision": precision, "n_records": cat.num_rows, "n_shards": len(shards), "run_id": run_id,
     }
     store = Store(output)
     commits = _check_output(store, shards, manifest, resume=resume, overwrite=overwrite)
@@ -202,7 +211,7 @@ def run(input: str, output: str, *, model: str, weights: str | None = None, meth
         results = _execute(todo, input_labels=labels_csv, output=output, run_id=run_id, model=model, weights=weights,
                            methods=methods, targets=targets, output_kind=output_kind, params=params, policy=policy,
                            keep_relevance=keep_relevance, num_attr_actors=num_attr_actors, use_gpu=use_gpu,
-                           autocast=autocast, batch_size=batch_size, model_id=mid, with_beats=with_beats,
+                           precision=precision, batch_size=batch_size, model_id=mid, with_beats=with_beats,
                            progress=progress, faults=faults, torch_threads=torch_threads)
     done = set(commits) | {r["shard"] for r in results}
     missing = [s["shard"] for s in shards if s["shard"] not in done]
@@ -231,7 +240,7 @@ def run(input: str, output: str, *, model: str, weights: str | None = None, meth
 
 
 def _execute(todo: list[dict], *, input_labels, output, run_id, model, weights, methods, targets, output_kind, params,
-             policy, keep_relevance, num_attr_actors, use_gpu, autocast, batch_size, model_id, with_beats, progress,
+             policy, keep_relevance, num_attr_actors, use_gpu, precision, batch_size, model_id, with_beats, progress,
              faults, torch_threads=None) -> list[dict]:
     from ecgray.explain import ExplainConfig
 
@@ -243,6 +252,8 @@ def _execute(todo: list[dict], *, input_labels, output, run_id, model, weights, 
     n_gpu = int(res.get("GPU", 0))
     gpu = bool(n_gpu) if use_gpu is None else bool(use_gpu)
     n_actors = int(num_attr_actors or max(n_gpu, 1))
+    if precision != "fp32" and not gpu:
+        log.warning("precision=%s applies to GPU attribution only: this run attributes on CPU, in float32", precision)
     if gpu and not n_gpu:
         # Scale-from-zero clusters (cluster.yaml): the pending num_gpus=1 actors are what makes the
         # autoscaler start GPU workers, so wait for them instead of refusing.
@@ -276,7 +287,7 @@ def _execute(todo: list[dict], *, input_labels, output, run_id, model, weights, 
             warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
             ds = _plan(ray, items, input_labels=input_labels, output=output, run_id=run_id, model=model,
                        weights=weights, methods=methods, targets=targets, output_kind=output_kind, params=params,
-                       policy=policy, batch_size=batch_size, autocast=autocast, faults=faults, cfg=cfg,
+                       policy=policy, batch_size=batch_size, precision=precision, faults=faults, cfg=cfg,
                        with_beats=with_beats, gpu=gpu, n_actors=n_actors, torch_threads=torch_threads,
                        cpu_tasks=cpu_tasks, retry=retry)
         results = []
@@ -288,7 +299,7 @@ def _execute(todo: list[dict], *, input_labels, output, run_id, model, weights, 
 
 
 def _plan(ray, items, *, input_labels, output, run_id, model, weights, methods, targets, output_kind, params, policy,
-          batch_size, autocast, faults, cfg, with_beats, gpu, n_actors, torch_threads, cpu_tasks, retry):
+          batch_size, precision, faults, cfg, with_beats, gpu, n_actors, torch_threads, cpu_tasks, retry):
     """The Ray Data plan: one row per shard through read -> attribute -> beats/tables -> write."""
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(stages.read_preprocess, batch_size=1, batch_format="pyarrow", num_cpus=0.25,
@@ -302,7 +313,7 @@ def _plan(ray, items, *, input_labels, output, run_id, model, weights, methods, 
         max_restarts=3, max_task_retries=3,
         fn_constructor_kwargs={"model": str(model), "weights": weights, "methods": list(methods),
                                "targets": targets, "output": output_kind, "params": params,
-                               "batch_size": batch_size, "use_gpu": gpu, "autocast": autocast,
+                               "batch_size": batch_size, "use_gpu": gpu, "precision": precision,
                                "torch_threads": torch_threads, "faults": faults})
     ds = ds.map_batches(stages.beats_and_tables, batch_size=1, batch_format="pyarrow", num_cpus=0.25,
                         concurrency=cpu_tasks,

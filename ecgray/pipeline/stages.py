@@ -152,7 +152,7 @@ class AttributeActor:
     """Loads the model once per actor; attributes whole shards."""
 
     def __init__(self, *, model: str, weights: str | None, methods: list[str], targets: list[str] | None,
-                 output: str, params: dict, batch_size: int, use_gpu: bool = False, autocast: bool | None = None,
+                 output: str, params: dict, batch_size: int, use_gpu: bool = False, precision: str = "fp32",
                  torch_threads: int | None = None, faults: dict | None = None):
         import torch
 
@@ -164,24 +164,16 @@ class AttributeActor:
         self.model = load_model(model, weights=weights, device=self.device)
         self.methods, self.targets, self.output = list(methods), targets, output
         self.params, self.batch_size, self.faults = params, batch_size, faults
-        self.autocast = bool(autocast) and self.device == "cuda"
-        if autocast and self.device != "cuda":
-            log.info("autocast requested but the actor runs on CPU: ignored (float32)")
+        self.precision = precision if self.device == "cuda" else "fp32"
+        if precision != self.precision:
+            log.info("precision %s requested but the actor runs on CPU: float32 instead", precision)
 
     def _attribute(self, x: np.ndarray) -> dict:
-        import contextlib
-
-        import torch
-
         from ecgray.attribution import attribute
 
-        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
-        res = {}
-        with ctx:
-            for m in self.methods:
-                res[m] = attribute(self.model, x, targets=self.targets, method=m, output=self.output,
-                                   batch_size=self.batch_size, **self.params.get(m, {}))
-        return res
+        return {m: attribute(self.model, x, targets=self.targets, method=m, output=self.output,
+                             batch_size=self.batch_size, precision=self.precision, **self.params.get(m, {}))
+                for m in self.methods}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from ecgray.explain import error_row
