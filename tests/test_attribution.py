@@ -198,6 +198,7 @@ def test_ig_completeness(model, x):
         "output": "logit",
         "batch_size": 16,
         "multi_target": "shared",
+        "precision": "fp32",
     }
     assert res.params["internal_batch_size"].startswith("auto (")
 
