@@ -338,7 +338,7 @@ def run_bench(*, device: str = "cpu", quick: bool = False, model: str = "random"
     if cuda and precisions:
         n = steps[-1]
         P["precision"] = _cuda_precisions(net, X, T, n, F, res["machine"].get("gpu", ""), device, row, compile_model,
-                                          fast_by_steps[n], P[f"ig_{n}"]["ecgray"]["seconds"])
+                                          fast_by_steps[n], P[f"ig_{n}"]["ecgray"]["seconds"], layouts=("1d", "2d"))
 
     n_e2e = e2e_records if e2e_records is not None else (2 if quick else 8)
     if n_e2e:
@@ -372,41 +372,46 @@ def _rel_l2(a: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     return float(np.median(num / den)), float((num / den).max())
 
 
-def _cuda_precisions(net, X, T, n, F, gpu, device, row, compile_model, ref, ref_s) -> dict:
-    """IG-``n`` in true float32, TF32 and bf16, eager and (``compile_model``) compiled: time after
-    a warm-up (the compile time is the first call's), error vs the float32 fast path ``ref``,
-    achieved TFLOP/s and the share of the card's bf16 peak."""
+def _cuda_precisions(net, X, T, n, F, gpu, device, row, compile_model, ref, ref_s, layouts=("1d",),
+                     precisions=("fp32", "tf32", "bf16")) -> dict:
+    """IG-``n`` in true float32, TF32 and bf16, eager and (``compile_model``) compiled, per layout
+    (``"1d"``: the model as it is; ``"2d"``: :class:`~ecgray.models.ribeiro2020.ResNet2dView`,
+    channels-last 2-D convolutions): time after a warm-up (the compile time is the first call's),
+    error vs the float32 fast path ``ref``, achieved TFLOP/s and the share of the card's bf16 peak."""
     from ecgray.attribution import attribute
     from ecgray.attribution.fast import compile_model as _compile
+    from ecgray.models.ribeiro2020 import ResNet2dView
 
     n_attr = len(X) * len(T)
     out: dict = {}
-    for prec in ("fp32", "tf32", "bf16"):
-        for mode in ("eager", "compiled") if compile_model else ("eager",):
-            ph: dict = {"precision": prec, "mode": mode}
-            try:
-                if mode == "compiled":
-                    torch._dynamo.reset()  # a fresh cache: no recompile limit carried over from other settings
-                    model = _compile(net)
-                else:
-                    model = net
-                t0 = time.perf_counter()
-                attribute(model, X, targets=None, method="ig", n_steps=n, precision=prec)  # warm-up / compile
-                ph["first_call_s"] = time.perf_counter() - t0
-                with timed(device, ph, gpu=True):
-                    res = attribute(model, X, targets=None, method="ig", n_steps=n, precision=prec)
-            except Exception as exc:  # noqa: BLE001 - report, keep the other figures
-                ph["error"] = f"{type(exc).__name__}: {exc}"[:500]
-                out[f"{prec}_{mode}"] = ph
-                continue
-            ph["median_rel_l2_vs_fp32"], ph["max_rel_l2_vs_fp32"] = _rel_l2(res.relevance, ref)
-            ph["max_rel_diff_vs_fp32"] = _rel(res.relevance, ref)
-            _roofline(ph, n, F, len(T), n_attr, gpu)
-            out[f"{prec}_{mode}"] = ph
-            row(f"IG-{n} {prec} {mode} (vs fp32 eager)", ref_s, ph["seconds"], n_attr,
-                rel_l2=f"{ph['median_rel_l2_vs_fp32']:.1e}", tflops=ph["achieved_tflops"],
-                roofline=ph["roofline_fraction_of_bf16_peak"], gpu_util=ph.get("gpu_util_mean"),
-                first_call_s=round(ph["first_call_s"], 1))
+    for layout, prec, mode in ((lay, p, m) for lay in layouts for p in precisions
+                               for m in (("eager", "compiled") if compile_model else ("eager",))):
+        base = net if layout == "1d" else ResNet2dView(net).eval()
+        key = f"{prec}_{mode}" if layout == "1d" else f"{prec}_{mode}_{layout}"
+        ph: dict = {"precision": prec, "mode": mode, "layout": layout}
+        try:
+            if mode == "compiled":
+                torch._dynamo.reset()  # a fresh cache: no recompile limit carried over from other settings
+                model = _compile(base)
+            else:
+                model = base
+            t0 = time.perf_counter()
+            attribute(model, X, targets=None, method="ig", n_steps=n, precision=prec)  # warm-up / compile
+            ph["first_call_s"] = time.perf_counter() - t0
+            with timed(device, ph, gpu=True):
+                res = attribute(model, X, targets=None, method="ig", n_steps=n, precision=prec)
+        except Exception as exc:  # noqa: BLE001 - report, keep the other figures
+            ph["error"] = f"{type(exc).__name__}: {exc}"[:500]
+            out[key] = ph
+            continue
+        ph["median_rel_l2_vs_fp32"], ph["max_rel_l2_vs_fp32"] = _rel_l2(res.relevance, ref)
+        ph["max_rel_diff_vs_fp32"] = _rel(res.relevance, ref)
+        _roofline(ph, n, F, len(T), n_attr, gpu)
+        out[key] = ph
+        row(f"IG-{n} {prec} {mode}{'' if layout == '1d' else ' 2d-cl'} (vs fp32 eager)", ref_s, ph["seconds"], n_attr,
+            rel_l2=f"{ph['median_rel_l2_vs_fp32']:.1e}", tflops=ph["achieved_tflops"],
+            roofline=ph["roofline_fraction_of_bf16_peak"], gpu_util=ph.get("gpu_util_mean"),
+            first_call_s=round(ph["first_call_s"], 1))
     return out
 
 

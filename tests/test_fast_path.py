@@ -132,3 +132,19 @@ def test_precision_on_cuda(model, x):
         assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
     finally:
         model.to("cpu")
+
+
+def test_channels_last_view_equals_model(model, x):
+    """ResNet2dView (2-D channels-last convolutions, measured by `ecgray bench` as a layout option)
+    computes the same network: logits and IG relevance equal the 1-D model's to float rounding."""
+    from ecgray.models.ribeiro2020 import ResNet2dView
+
+    view = ResNet2dView(model).eval()
+    xt = torch.as_tensor(x)
+    with torch.no_grad():
+        ref = model.eval()(xt)
+        assert torch.allclose(view(xt), ref, atol=1e-5 * float(ref.abs().max()))
+    a = attribute(model, x, targets=TARGETS, method="ig", n_steps=8)
+    b = attribute(view, x, targets=TARGETS, method="ig", n_steps=8)
+    assert b.targets == a.targets
+    assert rel_max(b.relevance, a.relevance) < 1e-4

@@ -176,3 +176,53 @@ class ResNet1d(nn.Module):
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         """Sigmoid probabilities, eval mode, no gradients."""
         return torch.sigmoid(self(x))
+
+
+class ResNet2dView(nn.Module):
+    """The same network, computed with 2-D convolutions on ``(N, C, 1, L)`` channels-last tensors.
+
+    Inference only (BatchNorm uses its running statistics, dropout is off): for
+    attributions. It holds the wrapped :class:`ResNet1d` (``.net``), whose parameters
+    it uses as they are at each call; the outputs equal ``net.eval()(x)`` to float rounding.
+    Why: oneDNN (CPU) and cuDNN (CUDA) have faster channels-last kernels for these
+    convolutions than for the ``(N, C, L)`` layout (``ecgray bench`` measures it).
+    """
+
+    def __init__(self, net: ResNet1d):
+        super().__init__()
+        self.net = net
+        self.classes = net.classes
+
+    @staticmethod
+    def _conv(m: SameConv1d, x: torch.Tensor) -> torch.Tensor:
+        left, right = same_padding(x.shape[-1], m.kernel_size[0], m.stride[0])
+        if left or right:
+            x = F.pad(x, (left, right))
+        w = m.weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        return F.conv2d(x, w, m.bias, (1, m.stride[0]))
+
+    @staticmethod
+    def _bn(m: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(x, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
+
+    @staticmethod
+    def _pool(m: SameMaxPool1d, x: torch.Tensor) -> torch.Tensor:
+        # the 1-D module itself: its choice among tied maxima (zeros after ReLU) routes the gradient,
+        # and max_pool2d picks differently
+        return m(x.squeeze(2).contiguous()).unsqueeze(2).contiguous(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        n = self.net
+        x = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        x = F.relu(self._bn(n.bn1, self._conv(n.conv1, x)))
+        y = x
+        for u in n.units:
+            if u.skip_pool is not None:
+                y = self._pool(u.skip_pool, y)
+            if u.skip_conv is not None:
+                y = self._conv(u.skip_conv, y)
+            x = F.relu(self._bn(u.bn1, self._conv(u.conv1, x)))
+            x = self._conv(u.conv2, x) + y
+            y = x
+            x = F.relu(self._bn(u.bn2, x))
+        return n.dense(x.squeeze(2).transpose(1, 2).flatten(1))
