@@ -244,14 +244,21 @@ class IntegratedGradients(AttributionMethod):
     Parameters: ``baseline`` (``None`` = zeros, a scalar, a ``(leads, L)`` array
     shared by all records or ``(N, leads, L)`` per record), ``n_steps`` (50),
     ``integration_method`` (Captum's ``method``: ``"gausslegendre"``,
-    ``"riemann_trapezoid"``, ...), ``internal_batch_size`` (the most
+    ``"riemann_trapezoid"``, ...; or ``"trapezoid"``: the composite trapezoid
+    rule on ``n_steps`` equally spaced points -- weights summing to 1, unlike
+    Captum's ``riemann_trapezoid``, whose sum to ``(n-1)/n`` -- fast path
+    only), ``internal_batch_size`` (the most
     interpolated inputs in one forward/backward; ``None`` = as many as fit
     :func:`ecgray.attribution.fast.memory_budget`), ``rtol`` / ``atol``
     (``None``: exactly ``n_steps``; else *adaptive steps*: each record starts at
     ``min_steps`` (8) and doubles, up to ``n_steps``, until every target's
     completeness error ``|delta| <= rtol * |f(x) - f(b)| + atol``; the steps used per
-    (record, target) are in ``Attribution.steps``). Delta = ``sum(R) - (f(x) -
-    f(baseline))`` per row (Captum's convergence delta).
+    (record, target) are in ``Attribution.steps``). With ``"trapezoid"`` the
+    adaptive levels are nested -- ``min_steps + 1`` points, then ``2 min_steps + 1``,
+    ... (each grid holds the previous one) -- so each level evaluates only its new
+    midpoints and a row's cost is its final point count, not the sum of the
+    ladder. Delta = ``sum(R) - (f(x) - f(baseline))`` per row (Captum's
+    convergence delta).
 
     Fast path (default): the interpolated points of a chunk of records go
     through the network once, and each target gets one backward (see
@@ -275,9 +282,11 @@ class IntegratedGradients(AttributionMethod):
             raise ValueError("n_steps must be >= 1")
         if p["internal_batch_size"] is not None and int(p["internal_batch_size"]) < 1:
             raise ValueError("internal_batch_size must be >= 1")
-        ok = ("gausslegendre", "riemann_right", "riemann_left", "riemann_middle", "riemann_trapezoid")
+        ok = ("gausslegendre", "riemann_right", "riemann_left", "riemann_middle", "riemann_trapezoid", "trapezoid")
         if p["integration_method"] not in ok:
             raise ValueError(f"integration_method must be one of {ok}")
+        if p["integration_method"] == "trapezoid" and int(p["n_steps"]) < 2:
+            raise ValueError("integration_method 'trapezoid' needs n_steps >= 2")
         if p["rtol"] is not None and float(p["rtol"]) < 0:
             raise ValueError("rtol must be >= 0")
         if float(p["atol"]) < 0:
@@ -317,6 +326,8 @@ class IntegratedGradients(AttributionMethod):
         p = self.params
         if p["rtol"] is not None:
             raise ValueError("adaptive steps (rtol) need the shared-target path (multi_target='auto')")
+        if p["integration_method"] == "trapezoid":
+            raise ValueError("integration_method 'trapezoid' needs the shared-target path (multi_target='auto')")
         base = _row_baseline(p["baseline"], x, record)
         with _Quiet():
             attr, delta = _IG(self.forward, multiply_by_inputs=True).attribute(
@@ -331,15 +342,23 @@ class IntegratedGradients(AttributionMethod):
         return attr.detach(), delta.detach()
 
     # -- fast path ------------------------------------------------------------
-    def _path_grads(self, x, base, targets, n_steps):
-        """Sum_k w_k grad f_t(b + a_k (x - b)) for every record and target: ``(R, T, leads, L)``."""
+    def _rule(self, n_steps: int) -> tuple[list[float], list[float]]:
+        """Points ``alpha_k`` and weights ``w_k`` of the quadrature rule with ``n_steps`` points."""
+        if self.params["integration_method"] == "trapezoid":
+            h = 1.0 / (n_steps - 1)
+            return [k * h for k in range(n_steps)], [h / 2] + [h] * (n_steps - 2) + [h / 2]
         from captum.attr._utils.approximation_methods import approximation_parameters
 
+        step_sizes, alphas = approximation_parameters(self.params["integration_method"])
+        return list(alphas(n_steps)), list(step_sizes(n_steps))
+
+    def _path_grads(self, x, base, targets, alphas, weights):
+        """Sum_k w_k grad f_t(b + a_k (x - b)) for every record and target: ``(R, T, leads, L)``."""
         from ecgray.attribution.fast import target_grads
 
-        step_sizes, alphas = approximation_parameters(self.params["integration_method"])
-        a = torch.tensor(alphas(n_steps), dtype=x.dtype, device=x.device)
-        w = torch.tensor(step_sizes(n_steps), dtype=torch.float32).to(device=x.device, dtype=x.dtype)
+        n_steps = len(alphas)
+        a = torch.tensor(alphas, dtype=x.dtype, device=x.device)
+        w = torch.tensor(weights, dtype=torch.float32).to(device=x.device, dtype=x.dtype)
         R = x.shape[0]
         diff = x - base
         total = torch.zeros((R, len(targets), *x.shape[1:]), dtype=x.dtype, device=x.device)
@@ -360,8 +379,16 @@ class IntegratedGradients(AttributionMethod):
             tt = torch.as_tensor(targets, device=x.device)
             gain = (self.forward(x) - self.forward(base))[:, tt]  # (R, T)
         n_max = int(p["n_steps"])
+        nested = p["rtol"] is not None and p["integration_method"] == "trapezoid"
         if p["rtol"] is None:
             levels = [n_max]
+        elif nested:  # 1 + m 2^j points: every grid holds the previous one
+            levels, n = [], max(2, min(int(p["min_steps"]) + 1, n_max))
+            while n <= n_max:
+                levels.append(n)
+                n = 2 * n - 1
+            if levels[-1] != n_max:
+                levels.append(n_max)  # the cap itself, evaluated afresh (not nested)
         else:
             levels, n = [], min(int(p["min_steps"]), n_max)
             while n < n_max:
@@ -374,10 +401,27 @@ class IntegratedGradients(AttributionMethod):
         steps = torch.zeros((R, T), dtype=torch.int32)
         todo = torch.ones((R, T), dtype=torch.bool, device=x.device)
         diff = x - base
+        acc = torch.zeros_like(rel) if nested else None  # sum of unit-weight gradients (ends halved) so far
+        prev = None
         for n in levels:
             recs = torch.nonzero(todo.any(1))[:, 0]
             tpos = torch.nonzero(todo[recs].any(0))[:, 0]
-            tot = self._path_grads(x[recs], base[recs], [targets[int(j)] for j in tpos], n)
+            tsel = [targets[int(j)] for j in tpos]
+            if nested:
+                reuse = prev is not None and n == 2 * prev - 1
+                if reuse:  # only the midpoints of the previous grid
+                    alphas, weights = [(2 * i + 1) / (n - 1) for i in range(prev - 1)], [1.0] * (prev - 1)
+                else:
+                    alphas = [k / (n - 1) for k in range(n)]
+                    weights = [0.5] + [1.0] * (n - 2) + [0.5]
+                new = self._path_grads(x[recs], base[recs], tsel, alphas, weights)
+                ri0, ti0 = torch.meshgrid(recs, tpos, indexing="ij")
+                cur = (acc[ri0, ti0] if reuse else 0) + new
+                acc[ri0, ti0] = cur
+                tot = cur / (n - 1)
+                prev = n
+            else:
+                tot = self._path_grads(x[recs], base[recs], tsel, *self._rule(n))
             attr = tot * diff[recs][:, None]
             d = attr.sum(dim=(2, 3)) - gain[recs][:, tpos]
             upd = todo[recs][:, tpos]
