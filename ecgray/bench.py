@@ -9,8 +9,8 @@ inputs, with the machine, library versions and thread counts recorded:
   (all targets, fast path; and its rows path), outputs compared;
 * ``ig_equal_error``: ecgray's adaptive IG (``rtol``: per row, nested
   trapezoid grids of 9, 17, 33, ... points until ``|delta| <= rtol |f(x) - f(0)|``;
-  each level evaluates only its new midpoints) with ``rtol`` set to the naive
-  IG's median completeness error, vs the naive loop at its fixed steps;
+  each level evaluates only its new midpoints) with ``rtol`` set to 1x and 2x
+  the naive IG's median completeness error, vs the naive loop at its fixed steps;
 * ``saliency`` / ``lrp_epsilon``: one (record, target) at a time vs ecgray;
 * ``batch``: ecgray IG records per call;
 * ``precision`` (CUDA): IG in true float32 (ecgray's default), TF32 and bf16,

@@ -319,7 +319,7 @@ def run_pipeline(
         summary = run_dataset(input, output, model=model, weights=weights, methods=methods, targets=targets,
                               output_kind=output_kind, params=params, shard_size=shard_size, policy=policy,
                               labels_csv=labels, keep_relevance=keep_relevance, resume=resume, overwrite=overwrite,
-                              num_attr_actors=num_actors, use_gpu=gpu, precision="bf16" if autocast else precision,
+                              num_attr_actors=num_actors, use_gpu=gpu, precision=precision, autocast=autocast,
                               batch_size=batch_size,
                               run_id=run_id, torch_threads=torch_threads)
     except (PipelineError, ModelError, FileNotFoundError, ValueError) as exc:

@@ -401,7 +401,7 @@ class IntegratedGradients(AttributionMethod):
         steps = torch.zeros((R, T), dtype=torch.int32)
         todo = torch.ones((R, T), dtype=torch.bool, device=x.device)
         diff = x - base
-        acc = torch.zeros_like(rel) if nested else None  # sum of unit-weight gradients (ends halved) so far
+        acc = torch.zeros_like(rel) if nested else None  # the trapezoid sum of the last grid, per row
         prev = None
         for n in levels:
             recs = torch.nonzero(todo.any(1))[:, 0]
@@ -409,16 +409,15 @@ class IntegratedGradients(AttributionMethod):
             tsel = [targets[int(j)] for j in tpos]
             if nested:
                 reuse = prev is not None and n == 2 * prev - 1
-                if reuse:  # only the midpoints of the previous grid
-                    alphas, weights = [(2 * i + 1) / (n - 1) for i in range(prev - 1)], [1.0] * (prev - 1)
+                if reuse:  # T_n = T_prev / 2 + h * (sum over the midpoints of the previous grid)
+                    h = 1.0 / (n - 1)
+                    alphas, weights = [(2 * i + 1) * h for i in range(prev - 1)], [h] * (prev - 1)
                 else:
-                    alphas = [k / (n - 1) for k in range(n)]
-                    weights = [0.5] + [1.0] * (n - 2) + [0.5]
+                    alphas, weights = self._rule(n)
                 new = self._path_grads(x[recs], base[recs], tsel, alphas, weights)
                 ri0, ti0 = torch.meshgrid(recs, tpos, indexing="ij")
-                cur = (acc[ri0, ti0] if reuse else 0) + new
-                acc[ri0, ti0] = cur
-                tot = cur / (n - 1)
+                tot = (acc[ri0, ti0] / 2 if reuse else 0) + new
+                acc[ri0, ti0] = tot
                 prev = n
             else:
                 tot = self._path_grads(x[recs], base[recs], tsel, *self._rule(n))
