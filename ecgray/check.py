@@ -28,7 +28,13 @@ questions: the AF f-wave region (TQ segments) covers ~58 % of the record and
 holds small amplitudes, so with input-scaled methods (IG with a zero
 baseline, LRP) the demo model's positive *density* there stays below the
 QRS's, and its net AF relevance there is only about proportional to the
-region's extent (figures in tests/test_check.py).
+region's extent (figures in tests/test_check.py). A search over 18 synthetic
+data designs and model variants (junctional normals without P waves, irregular
+RR in LBBB/1dAVb, coarse f-waves, f-waves only inside the TQ windows, width
+0.25/0.5, 24 epochs, weight decay; 29 trainings on an H200,
+``benchmarks/af_designs.py``, ``benchmarks/results/af_designs.json``) did not
+change that: f-wave ratio IG 0.74-1.79 (median 1.21), LRP-eps 0.51-1.37
+(0.70), LRP-alpha-beta 0.33-1.87 (0.70), Saliency 0.88-3.10 (1.40).
 """
 from __future__ import annotations
 
@@ -114,20 +120,37 @@ def default_params(method: str, n_steps: int = 32) -> dict:
 
 
 def run_check(model=None, *, n_per_class: int = 20, seed: int = CHECK_SEED,
-              methods: Iterable[str] = DEFAULT_METHODS, n_steps: int = 32, batch_size: int = 8):
-    """Run the check; returns ``(pyarrow.Table, info)`` (``info``: selection counts)."""
+              methods: Iterable[str] = DEFAULT_METHODS, n_steps: int = 32, batch_size: int = 8, **sim_kw):
+    """Run the check; returns ``(pyarrow.Table, info)`` (``info``: selection counts).
+
+    ``sim_kw`` go to :func:`ecgray.synth.simulate` (default: the demo model's training design).
+    """
     import pyarrow as pa
 
+    rows, info = check_rows(model, n_per_class=n_per_class, seed=seed, methods=methods, n_steps=n_steps,
+                            batch_size=batch_size, **sim_kw)
+    cols = {c: [r[c] for r in rows] for c in SCHEMA_COLUMNS}
+    schema = pa.schema([("method", pa.string()), ("target", pa.string()), ("region", pa.string()),
+                        ("n_records", pa.int64())] + [(c, pa.float64()) for c in SCHEMA_COLUMNS[4:]])
+    return pa.table(cols, schema=schema), info
+
+
+def check_rows(model=None, *, n_per_class: int = 20, seed: int = CHECK_SEED,
+               methods: Iterable[str] = DEFAULT_METHODS, n_steps: int = 32, batch_size: int = 8,
+               **sim_kw) -> tuple[list[dict], dict]:
+    """The check's rows as dicts (:data:`SCHEMA_COLUMNS`) and ``info``; see :func:`run_check`."""
     from ecgray.attribution import attribute, resolve_method
     from ecgray.models import load_model
 
     if model is None or isinstance(model, str):
         model = load_model(model or "demo")
-    X, kinds, truths = truth_arrays({"normal": n_per_class, "AF": n_per_class, "LBBB": n_per_class}, seed=seed)
+    X, kinds, truths = truth_arrays({"normal": n_per_class, "AF": n_per_class, "LBBB": n_per_class}, seed=seed,
+                                    **sim_kw)
     import torch
 
+    device = next(model.parameters()).device
     with torch.no_grad():
-        P = torch.sigmoid(model(torch.from_numpy(X))).numpy()
+        P = torch.sigmoid(model(torch.from_numpy(X).to(device))).cpu().numpy()
     classes = list(model.classes)
     ia, il = classes.index("AF"), classes.index("LBBB")
     kinds_a = np.array(kinds)
@@ -156,10 +179,7 @@ def run_check(model=None, *, n_per_class: int = 20, seed: int = CHECK_SEED,
                                [_mask(t, L, ["QRS", "T"], named_leads=True) for t in tr_lb], per_lead=True))
         rows.append(_ratio_row(name, "LBBB", "QRS (named leads)", rel_lb,
                                [_mask(t, L, ["QRS"], named_leads=True) for t in tr_lb], per_lead=True))
-    cols = {c: [r[c] for r in rows] for c in SCHEMA_COLUMNS}
-    schema = pa.schema([("method", pa.string()), ("target", pa.string()), ("region", pa.string()),
-                        ("n_records", pa.int64())] + [(c, pa.float64()) for c in SCHEMA_COLUMNS[4:]])
-    return pa.table(cols, schema=schema), info
+    return rows, info
 
 
 def print_check(table, info: dict, console=None) -> None:

@@ -129,7 +129,9 @@ def _rr_series(rng: np.random.Generator, kind: str, span: float, *, sinus_arrhyt
 def simulate(kind: str, *, fs: float = 400, duration: float = 10.24, seed: int = 0, noise: float = 0.02,
              baseline_wander: float = 0.1, powerline: float = 0.0, amplitude_jitter: float = 0.15,
              sinus_arrhythmia: float | None = None, irregular: bool | None = None,
-             f_wave_amplitude: tuple[float, float] = (0.05, 0.15),
+             f_wave_amplitude: tuple[float, float] = (0.05, 0.15), p_irregular: float = 0.4,
+             p_junctional: float = 0.0, junctional: bool | None = None, p_irregular_other: float = 0.0,
+             f_wave_support: str = "all", f_wave_taper: float = 0.02,
              ) -> tuple[np.ndarray, list[dict]]:
     """One synthetic 12-lead ECG of class ``kind`` (see :data:`KINDS`) and its truth windows.
 
@@ -138,11 +140,22 @@ def simulate(kind: str, *, fs: float = 400, duration: float = 10.24, seed: int =
     ``{"feature", "lead", "start", "stop"}`` dicts (samples at ``fs``, stop
     exclusive; see the module docstring). ``sinus_arrhythmia`` (relative RR
     modulation depth, sinus kinds only): ``None`` draws it (0.02-0.06 in 70 %
-    of records, a marked 0.12-0.25 in 30 %). ``irregular`` (``normal`` only): RR
+    of records, a marked 0.12-0.25 in 30 %). ``irregular``: RR
     drawn from exactly the AF distribution (CV >= 0.18) but with a P wave before every
     QRS (sinus rhythm with frequent atrial ectopy), so that an irregular RR
     alone is not evidence of AF and the model has to look at atrial activity;
-    ``None`` draws it (40 % of normal records).
+    ``None`` draws it: for ``normal`` with probability ``p_irregular`` (0.4), for
+    ``LBBB`` and ``1dAVb`` with probability ``p_irregular_other`` (default 0: never).
+    ``junctional`` (``normal`` only): a regular rhythm with no P waves and no
+    f-waves (accelerated junctional rhythm; none of the six classes, so an all-zero
+    target): absent P waves alone are then not evidence of AF; ``None`` draws it
+    with probability ``p_junctional`` (default 0) among the regular normals.
+    ``f_wave_support`` (AF): ``"all"`` (default) adds the fibrillatory waves to the
+    whole record, as in real AF, where they continue under QRS-T; ``"tq"`` only
+    inside the ``f_wave`` truth windows (TQ segments), with raised-cosine edges of
+    ``f_wave_taper`` seconds, so that the planted feature has exact support like
+    every other wave. The defaults reproduce the demo model's training data; the
+    other designs are compared in ``benchmarks/af_designs.py``.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; use one of {KINDS}")
@@ -152,10 +165,22 @@ def simulate(kind: str, *, fs: float = 400, duration: float = 10.24, seed: int =
     truth: list[dict] = []
     if sinus_arrhythmia is None:
         sinus_arrhythmia = rng.uniform(0.12, 0.25) if rng.random() < 0.3 else rng.uniform(0.02, 0.06)
-    if irregular is None:
-        irregular = kind == "normal" and rng.random() < 0.4
-    elif irregular and kind != "normal":
-        raise ValueError("irregular=True is only for kind='normal'")
+    if (irregular or junctional) and kind not in ("normal", "LBBB", "1dAVb"):
+        raise ValueError("irregular/junctional=True is only for kind='normal' (irregular: also LBBB, 1dAVb)")
+    if junctional and kind != "normal":
+        raise ValueError("junctional=True is only for kind='normal'")
+    if kind == "normal" and irregular is None and junctional:
+        irregular = False
+    elif kind == "normal" and irregular is None:
+        u = rng.random()
+        irregular = u < p_irregular
+        if junctional is None:
+            junctional = not irregular and u < p_irregular + p_junctional
+    elif irregular is None and kind in ("LBBB", "1dAVb") and p_irregular_other > 0:
+        irregular = rng.random() < p_irregular_other
+    irregular, junctional = bool(irregular), bool(junctional)
+    if irregular and junctional:
+        raise ValueError("irregular and junctional are exclusive")
     for _ in range(100):  # AF (and irregular sinus): redraw until the RR seen in the record has CV >= 0.18
         rr = _rr_series(rng, kind, duration + 2.0, sinus_arrhythmia=sinus_arrhythmia, irregular=irregular)
         onsets = -rng.uniform(0.3, 1.0) + np.concatenate([[0.0], np.cumsum(rr)])
@@ -192,6 +217,7 @@ def simulate(kind: str, *, fs: float = 400, duration: float = 10.24, seed: int =
         return a >= 0 and b <= n
 
     prev_t_end = None
+    tq_gate = np.zeros(n)  # AF, f_wave_support="tq": 1 inside the TQ segments, raised-cosine edges
     for q_t in onsets:
         q = S(q_t)
         bgain = 1.0 + 0.05 * rng.standard_normal()
@@ -214,13 +240,22 @@ def simulate(kind: str, *, fs: float = 400, duration: float = 10.24, seed: int =
             truth.append({"feature": "T", "lead": "all", "start": ta, "stop": tb})
             if kind == "LBBB":
                 truth += [{"feature": "T", "lead": ld, "start": ta, "stop": tb} for ld in LBBB_T_LEADS]
-        if kind != "AF":
+        if kind != "AF" and not junctional:
             pa = q - S(pr_s)
             pb = pa + S(p_dur)
             _add_wave(sig, pa, pb, p_amp * bgain)
             if inside(pa, pb):
                 truth.append({"feature": "P", "lead": "all", "start": pa, "stop": pb})
-        elif prev_t_end is not None:
+        elif kind == "AF" and prev_t_end is not None:
+            m = q - prev_t_end  # the whole TQ segment, tapered at its ends, then clipped to the record
+            if m > 0 and q > 0 and prev_t_end < n:
+                k = min(S(f_wave_taper), m // 2)
+                g = np.ones(m)
+                if k > 0:
+                    ramp = 0.5 * (1.0 - np.cos(np.pi * (np.arange(k) + 0.5) / k))
+                    g[:k], g[m - k:] = ramp, ramp[::-1]
+                ga, gb = max(prev_t_end, 0), min(q, n)
+                tq_gate[ga:gb] = g[ga - prev_t_end:gb - prev_t_end]
             fa, fb = max(prev_t_end, 0), min(q, n)
             if fb > fa:
                 truth.append({"feature": "f_wave", "lead": "all", "start": fa, "stop": fb})
@@ -237,6 +272,10 @@ def simulate(kind: str, *, fs: float = 400, duration: float = 10.24, seed: int =
         phase = 2 * np.pi * np.cumsum(np.clip(fm, 4.0, 9.0)) / fs + rng.uniform(0, 2 * np.pi)
         amp = rng.uniform(*f_wave_amplitude) * (1.0 + 0.3 * np.sin(2 * np.pi * rng.uniform(0.2, 0.6) * t))
         fw = amp * (np.sin(phase) + 0.3 * np.sin(2 * phase + rng.uniform(0, 2 * np.pi)))
+        if f_wave_support == "tq":
+            fw = fw * tq_gate
+        elif f_wave_support != "all":
+            raise ValueError(f"f_wave_support must be 'all' or 'tq', not {f_wave_support!r}")
         lead_w = _F_WAVE * (1.0 + 0.15 * rng.standard_normal(12))
         sig += fw[:, None] * lead_w[None, :]
     if baseline_wander:

@@ -177,3 +177,64 @@ def test_write_dataset_round_trip(tmp_path):
         rows = [r for r in tbl.to_pylist() if r["record_id"] == rid]
         assert all(0 <= r["start"] < r["stop"] <= 5000 and r["fs"] == 500 for r in rows)
         assert preprocess(rec)[0].x.shape == (12, 4096)
+
+
+def test_default_design_unchanged_by_the_options():
+    """The design options draw nothing when left at their defaults: the demo model's data stay the same."""
+    for kind in KINDS:
+        for seed in range(3):
+            a, ta = simulate(kind, seed=seed)
+            b, tb = simulate(kind, seed=seed, p_irregular=0.4, p_junctional=0.0, p_irregular_other=0.0,
+                             f_wave_support="all")
+            assert np.array_equal(a, b) and ta == tb
+
+
+def test_junctional_normals_have_no_atrial_activity_and_regular_rr():
+    for seed in range(6):
+        sig, truth = simulate("normal", seed=seed, junctional=True, sinus_arrhythmia=0.03, **CLEAN)
+        assert not any(r["feature"] in ("P", "f_wave", "no_P") for r in truth)
+        rr = _rr(truth)
+        assert rr.std() / rr.mean() < 0.1
+        # nothing between the end of a T wave and the next QRS onset: no P, no f-waves
+        t_end = sorted(r["stop"] for r in truth if r["feature"] == "T")
+        q_on = sorted(r["start"] for r in truth if r["feature"] == "QRS" and r["lead"] == "all")
+        gaps = [(te, min(q for q in q_on if q >= te)) for te in t_end if any(q >= te for q in q_on)]
+        assert gaps and all(np.abs(sig[a:b]).max() < 1e-9 for a, b in gaps)
+    drawn = [simulate("normal", seed=s, p_junctional=0.3, baseline_wander=0.0)[1] for s in range(200)]
+    share = np.mean([not any(r["feature"] == "P" for r in t) for t in drawn])
+    assert 0.2 < share < 0.4  # 30 % of all normals (taken from the regular ones)
+    with pytest.raises(ValueError, match="junctional"):
+        simulate("AF", junctional=True)
+
+
+def test_irregular_rr_in_other_sinus_kinds():
+    cvs = []
+    for seed in range(40):
+        _, truth = simulate("LBBB", seed=seed, p_irregular_other=0.5)
+        rr = _rr(truth)
+        cvs.append(rr.std() / rr.mean())
+        q = [r["start"] for r in truth if r["feature"] == "QRS" and r["lead"] == "all"]
+        p = [r["start"] for r in truth if r["feature"] == "P"]
+        assert all(any(0 < qq - pp <= 0.2 * FS + 1 for pp in p) for qq in q if qq > 0.2 * FS)  # P waves kept
+    share = np.mean(np.array(cvs) >= 0.18)
+    assert 0.3 < share < 0.7
+
+
+def test_f_waves_only_in_tq_windows():
+    for seed in range(4):
+        tq, truth = simulate("AF", seed=seed, f_wave_support="tq", **CLEAN)
+        none, truth0 = simulate("AF", seed=seed, f_wave_amplitude=(0.0, 0.0), **CLEAN)
+        full, _ = simulate("AF", seed=seed, **CLEAN)
+        assert truth == truth0
+        m = np.zeros(len(tq), bool)
+        for r in truth:
+            if r["feature"] == "f_wave":
+                m[r["start"]:r["stop"]] = True
+        assert np.abs(tq - none)[~m].max() < 1e-6           # exactly nothing planted outside the windows
+        assert np.abs(tq - none)[m].max() > 0.05             # f-waves inside
+        assert np.abs(full - none)[~m].max() > 0.05          # the default puts them everywhere
+        pad = np.zeros(20, bool)                             # away from the 20 ms tapers (8 samples)
+        inner = m & np.concatenate([pad, m[:-20]]) & np.concatenate([m[20:], pad])
+        assert np.abs(tq - full)[inner].max() < 1e-6
+    with pytest.raises(ValueError, match="f_wave_support"):
+        simulate("AF", f_wave_support="qrs")
