@@ -438,6 +438,7 @@ def end_to_end(model: str, n: int, n_steps: int, *, device: str, data: Path | No
     from ecgray.explain import prepare
     from ecgray.models import load_model
     from ecgray.pipeline import run as run_dataset
+    from ecgray.pipeline.run import ray_init_if_needed
 
     src = ROOT.parent / "shared" / "data" / "cpsc2018-a0001-a0150"
     tmp = Path(tempfile.mkdtemp(prefix="ecgray-bench-"))
@@ -470,7 +471,7 @@ def end_to_end(model: str, n: int, n_steps: int, *, device: str, data: Path | No
             attribute(net, X, targets=None, method="ig", n_steps=n_steps, batch_size=8)
         if not ray.is_initialized():
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-            ray.init(address="local", include_dashboard=False, log_to_driver=False)
+            ray_init_if_needed(log_to_driver=False)
         t0 = time.perf_counter()
         s = run_dataset(str(inp), str(tmp / "out"), model=model, methods=["integrated_gradients"], params=params,
                         shard_size=max(1, n // 4), progress=False, use_gpu=device.startswith("cuda"),

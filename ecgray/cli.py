@@ -291,10 +291,11 @@ def run_pipeline(
     batch_size: int = typer.Option(8, "--batch-size", help="Records per attribution call (rows on the rows path)."),
     run_id: Optional[str] = typer.Option(None, "--run-id", help="Run id stored in every row (default: random)."),
     torch_threads: Optional[int] = typer.Option(None, "--torch-threads", help="Torch threads per CPU attribution actor (default: half the cores / actors; all cores suit IG)."),
+    object_store_mb: Optional[int] = typer.Option(None, "--object-store-mb", help="Object store of a local Ray instance in MB (default 256; ignored with RAY_ADDRESS)."),
 ) -> None:
     """Explain every record under --input with Ray Data; sharded, resumable Parquet tables under --output.
 
-    Connects to RAY_ADDRESS if set, else starts a local Ray instance.
+    Connects to RAY_ADDRESS if set, else starts a local Ray instance (no dashboard, 256 MB object store).
     """
     import json
     import os
@@ -311,10 +312,9 @@ def run_pipeline(
     import ray
 
     from .pipeline import PipelineError, print_summary, run as run_dataset
+    from .pipeline.run import ray_init_if_needed
 
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS") or "local"
-        ray.init(address=address, **({"include_dashboard": False} if address == "local" else {}))
+    ray_init_if_needed(object_store_mb=object_store_mb)
     try:
         summary = run_dataset(input, output, model=model, weights=weights, methods=methods, targets=targets,
                               output_kind=output_kind, params=params, shard_size=shard_size, policy=policy,

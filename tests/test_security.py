@@ -289,5 +289,6 @@ def test_pipeline_local_ray_has_no_dashboard(monkeypatch):
     seen = {}
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
-    run_mod._ray_init_if_needed()
-    assert seen == {"address": "local", "include_dashboard": False}
+    run_mod.ray_init_if_needed()
+    assert seen == {"address": "local", "include_dashboard": False,
+                    "object_store_memory": run_mod.LOCAL_OBJECT_STORE_MB << 20}
