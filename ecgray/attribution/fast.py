@@ -89,17 +89,19 @@ def target_grads(forward: nn.Module, points: torch.Tensor, targets: Sequence[int
         yield j, g
 
 
-def compile_model(model: nn.Module) -> nn.Module:
+def compile_model(model: nn.Module, mode: str | None = None) -> nn.Module:
     """``torch.compile(model)`` made fit for the fast path, which backpropagates through one
     forward graph once per target (``retain_graph``): AOTAutograd's donated buffers would
     free saved tensors after the first backward, so they are switched off. The compiled
     module shares the parameters and keeps ``.classes``. Compilation happens on the first
     call for each input shape and precision (tens of seconds); it pays on long runs
-    (measured in ``benchmarks/``: see ``ecgray bench --compile``)."""
+    (measured in ``benchmarks/``: see ``ecgray bench --compile``). ``mode`` is
+    ``torch.compile``'s (e.g. ``"max-autotune-no-cudagraphs"``; measured in
+    ``benchmarks/gpu_autotune.py``)."""
     import torch._functorch.config as functorch_config
 
     functorch_config.donated_buffer = False
-    compiled = torch.compile(model)
+    compiled = torch.compile(model, mode=mode)
     if getattr(model, "classes", None) is not None and getattr(compiled, "classes", None) is None:
         compiled.classes = model.classes
     return compiled
