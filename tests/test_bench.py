@@ -61,3 +61,27 @@ def test_committed_results_name_their_machine_and_agree():
     assert prec["fp32_eager"]["median_rel_l2_vs_fp32"] < 1e-6
     assert prec["tf32_eager"]["median_rel_l2_vs_fp32"] > 1e-4  # why fp32 is the default
     assert prec["bf16_compiled"]["seconds"] < prec["fp32_eager"]["seconds"]
+
+
+def test_committed_memory_results_are_flat():
+    """benchmarks/results/pipeline_memory.json (ecgray's local Ray settings): peak RSS from 150 to 1,500
+    records, recomputed here as the ratio of the medians of the runs, is <= 1.2 for the driver, the
+    largest worker and all processes together; the run with a 7,000 MB store is kept for comparison."""
+    import numpy as np
+
+    from ecgray.pipeline.run import LOCAL_OBJECT_STORE_MB
+
+    res_dir = ROOT / "benchmarks" / "results"
+    res = json.loads((res_dir / "pipeline_memory.json").read_text())
+    assert res["object_store_mb"] == LOCAL_OBJECT_STORE_MB and res["repeat"] >= 3
+    sizes = sorted({r["records"] for r in res["runs"]})
+    assert sizes == [150, 1500]
+    assert all(r["records_ok"] == r["records"] for r in res["runs"])
+    med = {n: {k: np.median([r["peak_rss_mb"][k] for r in res["runs"] if r["records"] == n])
+               for k in ("driver", "worker_max", "total")} for n in sizes}
+    for k in ("driver", "worker_max", "total"):
+        ratio = med[1500][k] / med[150][k]
+        assert abs(ratio - res["rss_ratio"][k]) < 1e-9
+        assert ratio <= 1.2, (k, ratio)
+    big = json.loads((res_dir / "pipeline_memory_store7000.json").read_text())
+    assert big["object_store_mb"] == 7000 and big["rss_ratio"]["worker_max"] > res["rss_ratio"]["worker_max"]
