@@ -11,7 +11,8 @@ way to make the committed weights.
     python benchmarks/af_designs.py --out benchmarks/results/af_designs.json [--seeds 0,1] [NAME ...]
 
 Needs torch, numpy, captum and zennit only (runs on a bare GPU box; see gpu_run.sh for the wheels).
-Result (NVIDIA H200, 2026-11-26; 18 designs, 29 runs): benchmarks/results/af_designs.json.
+Result (NVIDIA H200, 2026-11-26; 18 designs, 29 runs): benchmarks/results/af_designs.json (its
+``note``: the ``*irrother`` and ``tq`` designs ran before two small fixes of those options).
 """
 from __future__ import annotations
 

@@ -165,10 +165,12 @@ def simulate(kind: str, *, fs: float = 400, duration: float = 10.24, seed: int =
     truth: list[dict] = []
     if sinus_arrhythmia is None:
         sinus_arrhythmia = rng.uniform(0.12, 0.25) if rng.random() < 0.3 else rng.uniform(0.02, 0.06)
-    if (irregular or junctional) and kind not in ("normal", "LBBB", "1dAVb"):
-        raise ValueError("irregular/junctional=True is only for kind='normal' (irregular: also LBBB, 1dAVb)")
+    if irregular and kind not in ("normal", "LBBB", "1dAVb"):
+        raise ValueError(f"irregular=True is only for kinds normal, LBBB and 1dAVb, not {kind!r}")
     if junctional and kind != "normal":
-        raise ValueError("junctional=True is only for kind='normal'")
+        raise ValueError(f"junctional=True is only for kind 'normal', not {kind!r}")
+    if f_wave_support not in ("all", "tq"):
+        raise ValueError(f"f_wave_support must be 'all' or 'tq', not {f_wave_support!r}")
     if kind == "normal" and irregular is None and junctional:
         irregular = False
     elif kind == "normal" and irregular is None:
@@ -205,10 +207,9 @@ def simulate(kind: str, *, fs: float = 400, duration: float = 10.24, seed: int =
                                                             else rng.uniform(0.13, 0.20))
     p_dur = 0.10 if kind != "ST" else 0.08
     mean_rr = float(np.mean(rr))
-    st_s = 0.08 * np.sqrt(mean_rr) if kind != "LBBB" else 0.04 * np.sqrt(mean_rr)
-    tw_s = 0.17 * np.sqrt(mean_rr) if kind != "LBBB" else 0.20 * np.sqrt(mean_rr)
-    if kind == "AF" or irregular:
-        st_s, tw_s = 0.08 * np.sqrt(0.65), 0.17 * np.sqrt(0.65)  # T does not follow an irregular RR
+    st_k, tw_k = (0.04, 0.20) if kind == "LBBB" else (0.08, 0.17)
+    rr_t = 0.65 if (kind == "AF" or irregular) else mean_rr  # T does not follow an irregular RR
+    st_s, tw_s = st_k * np.sqrt(rr_t), tw_k * np.sqrt(rr_t)
 
     S = lambda t: int(round(t * fs))  # noqa: E731
     q_len = S(qrs_s)
@@ -247,13 +248,13 @@ def simulate(kind: str, *, fs: float = 400, duration: float = 10.24, seed: int =
             if inside(pa, pb):
                 truth.append({"feature": "P", "lead": "all", "start": pa, "stop": pb})
         elif kind == "AF" and prev_t_end is not None:
-            m = q - prev_t_end  # the whole TQ segment, tapered at its ends, then clipped to the record
-            if m > 0 and q > 0 and prev_t_end < n:
-                k = min(S(f_wave_taper), m // 2)
-                g = np.ones(m)
+            seg = q - prev_t_end  # the whole TQ segment, tapered at its ends, then clipped to the record
+            if seg > 0 and q > 0 and prev_t_end < n:
+                k = min(S(f_wave_taper), seg // 2)
+                g = np.ones(seg)
                 if k > 0:
                     ramp = 0.5 * (1.0 - np.cos(np.pi * (np.arange(k) + 0.5) / k))
-                    g[:k], g[m - k:] = ramp, ramp[::-1]
+                    g[:k], g[seg - k:] = ramp, ramp[::-1]
                 ga, gb = max(prev_t_end, 0), min(q, n)
                 tq_gate[ga:gb] = g[ga - prev_t_end:gb - prev_t_end]
             fa, fb = max(prev_t_end, 0), min(q, n)
@@ -274,8 +275,6 @@ def simulate(kind: str, *, fs: float = 400, duration: float = 10.24, seed: int =
         fw = amp * (np.sin(phase) + 0.3 * np.sin(2 * phase + rng.uniform(0, 2 * np.pi)))
         if f_wave_support == "tq":
             fw = fw * tq_gate
-        elif f_wave_support != "all":
-            raise ValueError(f"f_wave_support must be 'all' or 'tq', not {f_wave_support!r}")
         lead_w = _F_WAVE * (1.0 + 0.15 * rng.standard_normal(12))
         sig += fw[:, None] * lead_w[None, :]
     if baseline_wander:

@@ -218,6 +218,15 @@ def test_irregular_rr_in_other_sinus_kinds():
         assert all(any(0 < qq - pp <= 0.2 * FS + 1 for pp in p) for qq in q if qq > 0.2 * FS)  # P waves kept
     share = np.mean(np.array(cvs) >= 0.18)
     assert 0.3 < share < 0.7
+    # an irregular LBBB keeps its own morphology: the same wide QRS and the LBBB ST-T timing
+    sig, truth = simulate("LBBB", seed=3, irregular=True, **CLEAN)
+    assert np.median(_qrs_widths_ms(sig, truth)) >= 120
+    q_end = {r["stop"] for r in truth if r["feature"] == "QRS" and r["lead"] == "all"}
+    st = [min(r["start"] - e for e in q_end if e <= r["start"]) for r in truth
+          if r["feature"] == "T" and r["lead"] == "all" and any(e <= r["start"] for e in q_end)]
+    assert np.median(st) / FS < 0.05  # LBBB: T starts ~0.04 * sqrt(0.65) s after the QRS (sinus: 0.08 * ...)
+    with pytest.raises(ValueError, match="irregular"):
+        simulate("SB", irregular=True)
 
 
 def test_f_waves_only_in_tq_windows():
