@@ -298,7 +298,6 @@ def run_pipeline(
     Connects to RAY_ADDRESS if set, else starts a local Ray instance (no dashboard, 256 MB object store).
     """
     import json
-    import os
 
     from .errors import ModelError
 
@@ -309,8 +308,6 @@ def run_pipeline(
         fail("--output-kind must be 'logit' or 'probability'")
     if resume and overwrite:
         fail("--resume and --overwrite exclude each other")
-    import ray
-
     from .pipeline import PipelineError, print_summary, run as run_dataset
     from .pipeline.run import ray_init_if_needed
 

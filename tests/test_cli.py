@@ -67,3 +67,26 @@ def test_report_accepts_method_aliases(monkeypatch):
     res = runner.invoke(app, ["report", "some/out", "--method", "ig,lrp"])
     assert res.exit_code == 0, res.output
     assert seen["methods"] == ["integrated_gradients", "lrp_epsilon"]
+
+
+def test_run_hands_object_store_size_to_ray_init(monkeypatch, cpsc_dir, tmp_path):
+    """`ecgray run --object-store-mb N` starts Ray through ray_init_if_needed with that size (default None:
+    ecgray's 256 MB for a local instance); the run itself is stubbed out here."""
+    import importlib
+
+    import ecgray.pipeline as pipeline
+    from ecgray.pipeline import PipelineError
+
+    run_mod = importlib.import_module("ecgray.pipeline.run")  # the module (ecgray.pipeline.run is the function)
+
+    seen = []
+    monkeypatch.setattr(run_mod, "ray_init_if_needed", lambda **kw: seen.append(kw))
+
+    def fake_run(*a, **kw):
+        raise PipelineError("stubbed")
+
+    monkeypatch.setattr(pipeline, "run", fake_run)
+    for extra, want in (([], None), (["--object-store-mb", "300"], 300)):
+        r = runner.invoke(app, ["run", "-i", str(cpsc_dir), "-o", str(tmp_path / "o"), *extra])
+        assert r.exit_code != 0 and "stubbed" in r.output
+        assert seen[-1] == {"object_store_mb": want}
