@@ -101,7 +101,7 @@ def ray_init_if_needed(*, object_store_mb: int | None = None, **local_kwargs):
     targets), and a worker's RSS counts every store page it has touched, so with a large store it grows
     with the data set. Peak RSS from 150 to 1,500 records, medians of 3 runs
     (``benchmarks/pipeline_memory.py``): largest worker 1.15x, all processes 1.20x with 256 MB; 1.24x
-    and 1.24x with a 7,000 MB store (about Ray's default here); same throughput (41-44 records/s).
+    and 1.24x with a 7,000 MB store (about Ray's default here); median throughput 41 vs 43 records/s.
     Objects that do not fit are spilled to disk by Ray.
     ``local_kwargs`` (e.g. ``num_cpus``) go to ``ray.init`` for a local instance only; a cluster
     (``RAY_ADDRESS``) keeps its own settings.
@@ -116,7 +116,6 @@ def ray_init_if_needed(*, object_store_mb: int | None = None, **local_kwargs):
         else:
             ray.init(address=address)
     return ray
-
 
 
 def _check_output(store: Store, shards: list[dict], manifest: dict, *, resume: bool, overwrite: bool) -> dict:
