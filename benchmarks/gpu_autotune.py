@@ -22,8 +22,7 @@ import torch
 
 from ecgray.attribution import attribute
 from ecgray.attribution.fast import compile_model
-from ecgray.bench import _rel_l2, _roofline, bench_inputs, forward_flops, machine, save, timed
-from ecgray.models import load_model
+from ecgray.bench import _rel_l2, _roofline, bench_setup, ig_reference, save, timed
 from ecgray.models.ribeiro2020 import ResNet2dView
 
 
@@ -36,16 +35,8 @@ def main() -> None:
     ap.add_argument("--modes", default="default,max-autotune-no-cudagraphs")
     a = ap.parse_args()
     device, n = "cuda", a.n_steps
-    net = load_model("random").to(device).eval()
-    X, source = bench_inputs(a.records, a.data)
-    T = list(range(len(net.classes)))
-    F = forward_flops(net)
-    res: dict = {"machine": machine(device), "model": "random", "forward_gflop": round(F / 1e9, 3), "inputs": source,
-                 "records": a.records, "n_steps": n, "phases": {}}
-    ref_ph: dict = {}
-    attribute(net, X[:2], targets=None, method="ig", n_steps=n)
-    with timed(device, ref_ph, gpu=True):
-        ref = attribute(net, X, targets=None, method="ig", n_steps=n).relevance
+    net, X, T, F, res = bench_setup("random", a.records, a.data, device, n_steps=n)
+    ref, ref_ph = ig_reference(net, X, n, device)
     res["phases"]["fp32_eager_1d_reference"] = ref_ph
     save(res, a.out)
     n_attr = len(X) * len(T)

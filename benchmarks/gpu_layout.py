@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ecgray.attribution import attribute
-from ecgray.bench import _cuda_precisions, bench_inputs, forward_flops, machine, print_table, save, timed
-from ecgray.models import load_model
+from ecgray.bench import _cuda_precisions, bench_setup, ig_reference, print_table, save
 
 
 def main() -> None:
@@ -25,12 +23,7 @@ def main() -> None:
     ap.add_argument("--n-steps", type=int, default=50)
     a = ap.parse_args()
     device, n = "cuda", a.n_steps
-    net = load_model("random").to(device).eval()
-    X, source = bench_inputs(a.records, a.data)
-    T = list(range(len(net.classes)))
-    F = forward_flops(net)
-    res: dict = {"machine": machine(device), "model": "random", "forward_gflop": round(F / 1e9, 3), "inputs": source,
-                 "records": a.records, "targets": list(net.classes), "phases": {}}
+    net, X, T, F, res = bench_setup("random", a.records, a.data, device)
     rows: list[dict] = []
 
     def row(name, base_s, s, n_attr, **extra):
@@ -38,10 +31,7 @@ def main() -> None:
                      "ratio": round(base_s / s, 2), "attributions_per_s": round(n_attr / s, 2), **extra})
         save({**res, "rows": rows, "partial": True}, a.out)
 
-    attribute(net, X, targets=None, method="ig", n_steps=n)  # warm-up
-    ref_ph: dict = {}
-    with timed(device, ref_ph, gpu=True):
-        ref = attribute(net, X, targets=None, method="ig", n_steps=n).relevance
+    ref, ref_ph = ig_reference(net, X, n, device)
     res["phases"]["fp32_eager_1d_reference"] = ref_ph
     P = res["phases"]
     P.update(_cuda_precisions(net, X, T, n, F, res["machine"]["gpu"], device, row, False, ref, ref_ph["seconds"],

@@ -26,8 +26,8 @@ import torch
 
 from ecgray.attribution import attribute
 from ecgray.attribution.core import precision_mode
-from ecgray.bench import (_cuda_precisions, _rel, _rel_l2, bench_inputs, forward_flops, machine, naive_ig,
-                          naive_saliency, save, timed)
+from ecgray.bench import (_cuda_precisions, _rel, _rel_l2, bench_inputs, forward_flops, ig_reference, machine,
+                          naive_ig, naive_saliency, save)
 from ecgray.models import load_model
 
 
@@ -69,10 +69,7 @@ def part_speed(X: np.ndarray, device: str, n_steps: int = 50) -> dict:
     """The ``precision`` phases of ``ecgray bench --device cuda --compile`` (1-D layout)."""
     net = load_model("random").to(device).eval()
     T = list(range(6))
-    attribute(net, X, targets=None, method="ig", n_steps=n_steps)  # warm-up
-    ref_ph: dict = {}
-    with timed(device, ref_ph, gpu=True):
-        ref = attribute(net, X, targets=None, method="ig", n_steps=n_steps).relevance
+    ref, ref_ph = ig_reference(net, X, n_steps, device)
 
     def row(name, base_s, s, n_attr, **extra):
         print(f"{name}: {s:.3f} s, {n_attr / s:.0f} attributions/s, {extra}", flush=True)

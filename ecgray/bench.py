@@ -189,6 +189,31 @@ def bench_inputs(n: int, data: Path | None = None) -> tuple[np.ndarray, str]:
     return X[:n].astype(np.float32), "synthetic ECGs (ecgray.synth, seed 0)"
 
 
+def bench_setup(model: str, n_rec: int, data: Path | None, device: str, **extra) -> tuple:
+    """``(net, X, T, F, res)``: the model on ``device`` in eval mode, ``n_rec`` inputs, all target
+    indices, FLOPs of one forward, and the result dict every benchmark starts from (``extra`` added)."""
+    from ecgray.models import load_model
+
+    net = load_model(model).to(device).eval()
+    X, source = bench_inputs(n_rec, data)
+    F = forward_flops(net)
+    res: dict = {"machine": machine(device), "model": model, "forward_gflop": round(F / 1e9, 3), "inputs": source,
+                 "records": n_rec, "targets": list(net.classes), **extra, "phases": {}}
+    return net, X, list(range(len(net.classes))), F, res
+
+
+def ig_reference(net, X: np.ndarray, n_steps: int, device: str) -> tuple[np.ndarray, dict]:
+    """The fast path's IG-``n_steps`` over all targets in float32 after a warm-up call, timed:
+    ``(relevance, phase dict)`` -- the reference the GPU precision and layout figures compare with."""
+    from ecgray.attribution import attribute
+
+    attribute(net, X, targets=None, method="ig", n_steps=n_steps)  # warm-up
+    ph: dict = {}
+    with timed(device, ph, gpu=device.startswith("cuda")):
+        ref = attribute(net, X, targets=None, method="ig", n_steps=n_steps).relevance
+    return ref, ph
+
+
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
     """max |a - b| over max |b|, per (record, target) row, worst row."""
     num = np.abs(a - b).reshape(*a.shape[:2], -1).max(-1)
@@ -242,7 +267,6 @@ def run_bench(*, device: str = "cpu", quick: bool = False, model: str = "random"
     """
     from ecgray.attribution import attribute
     from ecgray.attribution.core import precision_mode
-    from ecgray.models import load_model
 
     cuda = device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
@@ -250,13 +274,7 @@ def run_bench(*, device: str = "cpu", quick: bool = False, model: str = "random"
     n_rec = records or (1 if quick else (64 if cuda else 4))
     steps = n_steps or ((8,) if quick else (16, 50))
     bsizes = tuple(dict.fromkeys(batch_sizes or ((1, n_rec) if not cuda else (1, 8, 32, 64))))
-    net = load_model(model).to(device).eval()
-    classes = list(net.classes)
-    T = list(range(len(classes)))
-    X, source = bench_inputs(n_rec, data)
-    F = forward_flops(net)
-    res: dict = {"machine": machine(device), "model": model, "forward_gflop": round(F / 1e9, 3),
-                 "inputs": source, "records": n_rec, "targets": classes, "quick": quick, "phases": {}}
+    net, X, T, F, res = bench_setup(model, n_rec, data, device, quick=quick)
     rows: list[dict] = []
     P = res["phases"]
 

@@ -138,9 +138,10 @@ def _check_output(store: Store, shards: list[dict], manifest: dict, *, resume: b
     if old is None:
         raise PipelineError(f"cannot resume into {store.root}: it has no {'_manifest.json'} (not an ecgray "
                             "pipeline output); use --overwrite or another output")
-    diff = [k for k in RESUME_KEYS if old.get(k, RESUME_DEFAULTS.get(k)) != manifest.get(k)]
+    was = {k: old.get(k, RESUME_DEFAULTS.get(k)) for k in RESUME_KEYS}
+    diff = [k for k in RESUME_KEYS if was[k] != manifest.get(k)]
     if diff:
-        detail = "; ".join(f"{k}: was {old.get(k)!r}, now {manifest.get(k)!r}" for k in diff)
+        detail = "; ".join(f"{k}: was {was[k]!r}, now {manifest.get(k)!r}" for k in diff)
         raise PipelineError(f"cannot resume into {store.root}: the run's settings changed ({detail}); "
                             "use --overwrite to start again")
     commits = store.commits()
