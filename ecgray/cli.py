@@ -22,6 +22,86 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _interrupted_message(output: str | None, hint: str = "rerun with --resume") -> str:
+    """``interrupted after K of N shards; rerun with --resume``: K committed (by any run), N planned."""
+    k, n = 0, None
+    if output is not None:
+        try:
+            from .pipeline.store import Store
+
+            store = Store(output)
+            k = len(store.commits())
+            n = (store.manifest() or {}).get("n_shards")
+        except Exception:  # noqa: BLE001 - an unreadable output still gets the message
+            pass
+    done = f"{k} of {n} shards" if n is not None else f"{k} shards"
+    return f"interrupted after {done}; {hint}"
+
+
+class _RaySession:
+    """Ray for one ``run`` / ``demo`` command: a local instance's own console output kept in Ray's logs
+    (:class:`ecgray.pipeline.progress.LocalRayConsole`), a clean shutdown before the last lines, and the
+    SIGINT message (exit 130). A cluster (``RAY_ADDRESS``) is joined and left as it is."""
+
+    def __init__(self):
+        self.quiet = None
+        self.started = False
+
+    def start(self, **init_kwargs) -> None:
+        import ray
+
+        from .pipeline.progress import LocalRayConsole
+        from .pipeline.run import ray_init_if_needed
+
+        was_up = ray.is_initialized()
+        self.quiet = LocalRayConsole().before_init()
+        ray_init_if_needed(**init_kwargs)
+        self.started = not was_up and ray.is_initialized()
+        self.quiet.after_init()
+
+    def stop(self) -> None:
+        if self.started:
+            import ray
+
+            self.started = False
+            try:
+                ray.shutdown()
+            except Exception:  # noqa: BLE001 - shutting down never hides the run's own outcome
+                pass
+        if self.quiet is not None:
+            self.quiet.restore()
+            self.quiet = None
+
+    def interrupted(self, output: str | None, hint: str = "rerun with --resume") -> None:
+        """After Ctrl-C: stop Ray, then say how far the run got as the last line; exit 130."""
+        import os
+        import signal
+
+        message = _interrupted_message(output, hint)
+
+        def again(signum, frame):  # a second Ctrl-C while Ray shuts down: leave at once, same message
+            sys.stdout.flush()
+            os.write(self.stderr_fd(), (message + "\n").encode())
+            os._exit(130)
+
+        try:
+            previous = signal.signal(signal.SIGINT, again)
+        except ValueError:  # not the main thread
+            previous = None
+        try:
+            self.stop()
+            message = _interrupted_message(output, hint)  # shards committed while Ray stopped count too
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        sys.stdout.flush()
+        err_console.print(message, highlight=False, soft_wrap=True, markup=False)
+        raise typer.Exit(130)
+
+    def stderr_fd(self) -> int:
+        return self.quiet.console_fd if self.quiet is not None else 2
+
+
 def _parse_targets(target: List[str] | None) -> list[str] | None:
     if not target:
         return None
@@ -130,7 +210,7 @@ def explain(
             fail(f"unknown target {t!r}; the model's classes are {', '.join(net.classes)}")
     if output_kind not in ("logit", "probability"):
         fail("--output-kind must be 'logit' or 'probability'")
-    uris = _expand(records)
+    uris = list(dict.fromkeys(_expand(records)))  # a record named twice is explained once
     if not uris:
         fail("no records found in " + " ".join(records))
     cfg = ExplainConfig(model_name=model, model_id=model_id(net), methods=methods, targets=targets, output=output_kind,
@@ -152,7 +232,7 @@ def explain(
         pq.write_table(errors, err_path)
     recs = tables["records"]
     _print_probabilities(recs, targets or list(net.classes))
-    console.print(f"{recs.num_rows} windows of {len(set(recs.column('record_id').to_pylist()))} records explained "
+    console.print(f"{recs.num_rows} windows of {len(set(recs.column('record_key').to_pylist()))} records explained "
                   f"({', '.join(methods)}; {errors.num_rows} skipped) in {dt:.1f} s -> {out}")
     pq.write_table(recs, out.with_name(out.stem + ".records.parquet"))
     if recs.num_rows == 0:
@@ -309,18 +389,25 @@ def run_pipeline(
     if resume and overwrite:
         fail("--resume and --overwrite exclude each other")
     from .pipeline import PipelineError, print_summary, run as run_dataset
-    from .pipeline.run import ray_init_if_needed
 
-    ray_init_if_needed(object_store_mb=object_store_mb)
+    ray_session = _RaySession()
     try:
+        ray_session.start(object_store_mb=object_store_mb)
         summary = run_dataset(input, output, model=model, weights=weights, methods=methods, targets=targets,
                               output_kind=output_kind, params=params, shard_size=shard_size, policy=policy,
                               labels_csv=labels, keep_relevance=keep_relevance, resume=resume, overwrite=overwrite,
                               num_attr_actors=num_actors, use_gpu=gpu, precision=precision, autocast=autocast,
                               batch_size=batch_size,
                               run_id=run_id, torch_threads=torch_threads)
+    except KeyboardInterrupt:
+        ray_session.interrupted(output)
     except (PipelineError, ModelError, FileNotFoundError, ValueError) as exc:
+        ray_session.stop()
         fail(str(exc))
+    except BaseException:
+        ray_session.stop()
+        raise
+    ray_session.stop()
     print_summary(summary, console)
     console.print("summary: " + json.dumps(summary.to_dict(), default=str), highlight=False, soft_wrap=True)
     if summary.records and summary.records_ok == 0:
@@ -396,13 +483,19 @@ def reduce_cmd(
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the class_probability CIs."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     dest: Optional[str] = typer.Option(None, "--dest", help="Where to write the tables (default OUTPUT/reduced)."),
+    use_ray: bool = typer.Option(False, "--ray", help="Read the shards in Ray tasks (RAY_ADDRESS or a local Ray); "
+                                 "the driver only merges small partials."),
+    shards_per_task: int = typer.Option(16, "--shards-per-task", help="Shards per Ray task with --ray."),
 ) -> None:
-    """Reduce a pipeline output to per-class, per-lead and per-beat tables (OUTPUT/reduced/*.parquet)."""
+    """Reduce a pipeline output to per-class, per-lead and per-beat tables (OUTPUT/reduced/*.parquet).
+
+    Streams shard by shard: memory does not grow with the number of records."""
     from .reduce import reduce as run_reduce
 
     t0 = time.perf_counter()
     try:
-        tables = run_reduce(output, threshold=threshold, n_bins=n_bins, n_boot=n_boot, seed=seed, dest=dest)
+        tables = run_reduce(output, threshold=threshold, n_bins=n_bins, n_boot=n_boot, seed=seed, dest=dest,
+                            use_ray=use_ray, shards_per_task=shards_per_task)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     sizes = ", ".join(f"{k} {v.height}" for k, v in tables.items())
@@ -469,17 +562,25 @@ def demo_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic data set."),
 ) -> None:
     """Synthetic ECGs -> Ray pipeline (demo model) -> reduced tables -> HTML report, all in OUT_DIR."""
-    from .demo import run_demo
+    from .demo import print_check_table, run_demo
     from .pipeline import print_summary
 
     t0 = time.perf_counter()
-    res = run_demo(out_dir, n_per_class=n_per_class, seed=seed, methods=tuple(_resolve_methods(method)),
-                   n_steps=n_steps, check=check, log=lambda m: console.print(m, highlight=False, soft_wrap=True))
+    methods = tuple(_resolve_methods(method))
+    ray_session = _RaySession()
+    try:
+        ray_session.start()
+        res = run_demo(out_dir, n_per_class=n_per_class, seed=seed, methods=methods, n_steps=n_steps, check=check,
+                       log=lambda m: console.print(m, highlight=False, soft_wrap=True))
+    except KeyboardInterrupt:
+        ray_session.interrupted(str(Path(out_dir).resolve() / "run"), hint="rerun `ecgray demo` to start again")
+    except BaseException:
+        ray_session.stop()
+        raise
+    ray_session.stop()
     print_summary(res.summary, console)
     if res.check is not None:
-        from .check import print_check
-
-        print_check(*res.check, console)
+        print_check_table(*res.check, console)
     steps = ", ".join(f"{k} {v:.0f} s" for k, v in res.seconds.items())
     console.print(f"demo finished in {time.perf_counter() - t0:.0f} s ({steps})", highlight=False, soft_wrap=True)
     console.print(f"tables: {res.output}", highlight=False, soft_wrap=True)

@@ -29,8 +29,11 @@ class DemoResult:
 
 def run_demo(out_dir: str | Path = "ecgray-demo", *, n_per_class: int = 8, seed: int = 0,
              methods: tuple[str, ...] = ("integrated_gradients", "lrp_epsilon"), n_steps: int = 16,
-             check: bool = True, log=print) -> DemoResult:
-    """Run the demo into ``out_dir`` (``data/``, ``run/``, ``run/reduced``, ``run/report``); overwrites."""
+             check: bool = True, log=print, progress: bool | None = None) -> DemoResult:
+    """Run the demo into ``out_dir`` (``data/``, ``run/``, ``run/reduced``, ``run/report``); overwrites.
+
+    ``progress``: the pipeline's progress on stderr (a bar on a terminal, plain lines otherwise; ``False``: none).
+    """
     from .pipeline import run as run_dataset
     from .reduce import reduce
     from .report import report
@@ -51,8 +54,12 @@ def run_demo(out_dir: str | Path = "ecgray-demo", *, n_per_class: int = 8, seed:
 
     t0 = time.perf_counter()
     params = {"integrated_gradients": {"n_steps": n_steps}} if "integrated_gradients" in methods else {}
+    if (run_out / "report").is_dir():  # the previous demo's report: not pipeline output, so --overwrite refuses it
+        import shutil
+
+        shutil.rmtree(run_out / "report")
     summary = run_dataset(str(data), str(run_out), model="demo", methods=methods, targets=None, params=params,
-                          shard_size=16, keep_relevance=True, overwrite=run_out.exists(), progress=False)
+                          shard_size=16, keep_relevance=True, overwrite=run_out.exists(), progress=progress)
     seconds["pipeline"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -70,3 +77,43 @@ def run_demo(out_dir: str | Path = "ecgray-demo", *, n_per_class: int = 8, seed:
         result.check = run_check(None, n_per_class=6, methods=methods, n_steps=n_steps)
         seconds["check"] = time.perf_counter() - t0
     return result
+
+
+_SHORT_METHODS = {"integrated_gradients": "IG", "lrp_epsilon": "LRP-eps", "lrp_alpha_beta": "LRP-ab"}
+
+
+def print_check_table(table, info: dict, console) -> None:
+    """The ground-truth check for the demo's console: a rich table of at most 80 columns on a terminal,
+    one plain ``key=value`` line per row otherwise (logs, pipes)."""
+    from rich import box
+    from rich.table import Table
+
+    title = (f"ground-truth check (held-out seed {info['seed']}, {info['n_per_class']} records/class; "
+             f"correct: AF {info['AF_correct']}, LBBB {info['LBBB_correct']}, normal {info['normal_not_AF']})")
+    f = lambda v, fmt: "" if v is None else format(v, fmt)  # noqa: E731
+    rows = table.to_pylist()
+    if not console.is_terminal:
+        console.print(title, highlight=False, soft_wrap=True, markup=False)
+        for r in rows:
+            vals = [("n", str(r["n_records"])), ("ratio_in_out", f(r["ratio"], ".2f")),
+                    ("median_record_ratio", f(r["median_record_ratio"], ".2f")),
+                    ("net_share_in", f(r["net_share_in"], ".2f")), ("frac_cells_in", f(r["frac_cells_in"], ".2f")),
+                    ("mean_relevance_in", f(r["mean_relevance_in"], ".3g")),
+                    ("frac_negative", f(r["frac_negative"], ".2f"))]
+            console.print(f"{r['method']} {r['target']} {r['region']}: " + " ".join(f"{k}={v}" for k, v in vals if v),
+                          highlight=False, soft_wrap=True, markup=False)
+        return
+    t = Table(title=(f"ground-truth check (seed {info['seed']}, {info['n_per_class']}/class; correct AF "
+                     f"{info['AF_correct']}, LBBB {info['LBBB_correct']}, normal {info['normal_not_AF']})"),
+              box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, show_edge=False,
+              caption="ratio: relevance density in/out of the region; * in the named leads")
+    for c, j in (("method", "left"), ("target", "left"), ("region", "left"), ("n", "right"), ("ratio", "right"),
+                 ("rec.\nratio", "right"), ("share\nin", "right"), ("cells\nin", "right"), ("R in", "right"),
+                 ("<0", "right")):
+        t.add_column(c, justify=j, no_wrap=c in ("method", "region"))  # about 75 columns wide
+    for r in rows:
+        region = r["region"].replace(" (named leads)", "*").replace(" (normal records)", " (normals)")
+        t.add_row(_SHORT_METHODS.get(r["method"], r["method"]), r["target"], region, str(r["n_records"]),
+                  f(r["ratio"], ".2f"), f(r["median_record_ratio"], ".2f"), f(r["net_share_in"], ".2f"),
+                  f(r["frac_cells_in"], ".2f"), f(r["mean_relevance_in"], ".2g"), f(r["frac_negative"], ".2f"))
+    console.print(t)

@@ -30,8 +30,15 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def error_row(run_id: str, record_id: str | None, uri: str | None, exc: BaseException, stage: str = "read") -> dict:
-    """One ``errors`` row for an exception; unexpected exceptions keep their type and the last frame."""
+def key_of(rec) -> str:
+    """The record key of a record (or record metadata): its ``record_key``, else its URI."""
+    return getattr(rec, "record_key", "") or str(rec.uri)
+
+
+def error_row(run_id: str, record_id: str | None, uri: str | None, exc: BaseException, stage: str = "read",
+              record_key: str | None = None) -> dict:
+    """One ``errors`` row for an exception; unexpected exceptions keep their type and the last frame.
+    ``record_key`` defaults to ``uri`` (then to the record id)."""
     if isinstance(exc, ECGError):
         row = exc.as_row()
         row["record_id"] = record_id or exc.record_id
@@ -44,7 +51,7 @@ def error_row(run_id: str, record_id: str | None, uri: str | None, exc: BaseExce
             "error_type": f"internal_{type(exc).__name__}",
             "message": redact(f"{record_id or uri}: unexpected {type(exc).__name__}: {exc}{at}"),
         }
-    row.update(run_id=run_id, uri=uri)
+    row.update(run_id=run_id, uri=uri, record_key=record_key or (str(uri) if uri else row["record_id"]))
     return row
 
 
@@ -57,21 +64,25 @@ class PreparedRecord:
 
 
 def prepare(uri: str, *, run_id: str, labels_csv: str | None = None, policy: str = "first",
-            stride_s: float | None = None, max_windows: int | None = None) -> tuple[PreparedRecord | None, dict | None]:
-    """Read and preprocess one record. Returns ``(prepared, None)`` or ``(None, error_row)``."""
+            stride_s: float | None = None, max_windows: int | None = None,
+            record_key: str | None = None) -> tuple[PreparedRecord | None, dict | None]:
+    """Read and preprocess one record. Returns ``(prepared, None)`` or ``(None, error_row)``.
+    ``record_key``: the record's key within its input (default: ``uri``)."""
     from .io import read_record
     from .preprocess import preprocess
 
     record_id = None
+    key = record_key or str(uri)
     try:
         rec = read_record(uri, labels_csv=labels_csv)
         record_id = rec.record_id
+        rec.record_key = key
     except Exception as exc:  # noqa: BLE001 - every failure becomes an errors row
-        return None, error_row(run_id, getattr(exc, "record_id", None) or _id_from_uri(uri), uri, exc, "read")
+        return None, error_row(run_id, getattr(exc, "record_id", None) or _id_from_uri(uri), uri, exc, "read", key)
     try:
         windows = preprocess(rec, policy=policy, stride_s=stride_s, max_windows=max_windows)
     except Exception as exc:  # noqa: BLE001
-        return None, error_row(run_id, record_id, uri, exc, "preprocess")
+        return None, error_row(run_id, record_id, uri, exc, "preprocess", key)
     return PreparedRecord(rec, windows), None
 
 
@@ -104,7 +115,7 @@ def records_table(run_id: str, cfg: ExplainConfig, items: list[tuple[object, obj
         lab = rec.labels
         row = {
             "run_id": run_id, "model": cfg.model_name, "model_id": cfg.model_id,
-            "record_id": rec.record_id, "window": int(w.window), "uri": rec.uri,
+            "record_key": key_of(rec), "record_id": rec.record_id, "window": int(w.window), "uri": rec.uri,
             "dataset": rec.dataset, "format": rec.format, "fs_in": float(rec.fs),
             "n_samples_in": int(rec.signal.shape[0]), "window_offset": int(w.offset), "flags": list(w.flags),
             "label_normal": bool(lab.normal), "raw_codes": list(lab.raw), "label_scheme": lab.scheme,
@@ -129,6 +140,7 @@ def per_lead_tables(run_id: str, cfg: ExplainConfig, items, attr, method: str, c
         "run_id": pa.array([run_id] * (n * rep)),
         "model": pa.array([cfg.model_name] * (n * rep)),
         "model_id": pa.array([cfg.model_id] * (n * rep)),
+        "record_key": pa.array(np.repeat([key_of(rec) for rec, _ in items], rep)),
         "record_id": pa.array(np.repeat([rec.record_id for rec, _ in items], rep)),
         "window": pa.array(np.repeat([w.window for _, w in items], rep).astype(np.int32)),
         "method": pa.array([method] * (n * rep)),
@@ -196,18 +208,26 @@ def chunks(seq: Iterable, size: int):
 
 
 def explain(model, uris: Sequence[str], cfg: ExplainConfig, *, run_id: str | None = None, labels_csv: str | None = None,
-            policy: str = "first", stride_s: float | None = None, max_windows: int | None = None) -> dict[str, pa.Table]:
+            policy: str = "first", stride_s: float | None = None, max_windows: int | None = None,
+            record_keys: Sequence[str] | None = None) -> dict[str, pa.Table]:
     """Explain records end to end in this process (no Ray).
 
-    Every URI ends either in the output tables or as exactly one row of ``errors``.
+    Every URI ends either in the output tables or as exactly one row of ``errors``. ``record_keys``
+    (one per URI, e.g. the catalog's ``record_key``) name the records in the tables; default: the URIs.
     """
     run_id = run_id or new_run_id()
     errors: list[dict] = []
+    if record_keys is not None and len(record_keys) != len(uris):
+        raise ValueError(f"{len(record_keys)} record_keys for {len(uris)} uris")
+    keys = list(record_keys) if record_keys is not None else [str(u) for u in uris]
+    if len(set(keys)) != len(keys):
+        dup = next(k for k in keys if keys.count(k) > 1)
+        raise ValueError(f"record key {dup!r} given more than once: every record needs its own key")
 
     def windows():
-        for uri in uris:
+        for uri, key in zip(uris, keys):
             prep, err = prepare(uri, run_id=run_id, labels_csv=labels_csv, policy=policy,
-                                stride_s=stride_s, max_windows=max_windows)
+                                stride_s=stride_s, max_windows=max_windows, record_key=key)
             if err is not None:
                 errors.append(err)
                 continue
@@ -220,7 +240,7 @@ def explain(model, uris: Sequence[str], cfg: ExplainConfig, *, run_id: str | Non
             out = explain_windows(model, batch, cfg, run_id=run_id)
         except Exception as exc:  # noqa: BLE001 - one bad batch must not end the run
             for rec, _ in batch:
-                errors.append(error_row(run_id, rec.record_id, rec.uri, exc, "attribute"))
+                errors.append(error_row(run_id, rec.record_id, rec.uri, exc, "attribute", key_of(rec)))
             continue
         for name, tbl in out.items():
             parts.setdefault(name, []).append(tbl)
@@ -230,8 +250,8 @@ def explain(model, uris: Sequence[str], cfg: ExplainConfig, *, run_id: str | Non
     # A record with several windows that failed in one batch must appear once in errors.
     seen, unique = set(), []
     for e in errors:
-        if e["record_id"] not in seen:
-            seen.add(e["record_id"])
+        if e["record_key"] not in seen:
+            seen.add(e["record_key"])
             unique.append(e)
     result["errors"] = from_rows("errors", unique)
     return result

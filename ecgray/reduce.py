@@ -4,19 +4,31 @@
 >>> tables = reduce("s3://bucket/out/")          # -> s3://bucket/out/reduced/<name>.parquet
 >>> tables["lead_relevance"].filter(target="AF", group="positive")
 
-Inputs: the committed shards of ``records``, ``relevance_summary`` and ``beats``
-(hive layout ``<output>/<table>/shard=<k>/part-0.parquet``; a shard counts only
-once its marker ``<output>/_commits/shard=<k>.json`` exists), scanned lazily
-with Polars (``pl.scan_parquet(..., hive_partitioning=True)``); every
-reduction is a Polars ``group_by``/``agg``, no loop over rows. Schemas of the
-outputs: ``schemas.tables.TABLES`` (``class_probability``,
+Inputs: the committed shards of ``records``, ``relevance_summary``, ``beats`` and
+``beats_relevance`` (hive layout ``<output>/<table>/shard=<k>/part-0.parquet``; a
+shard counts only once its marker ``<output>/_commits/shard=<k>.json`` exists).
+
+The reduce streams: each shard is read on its own (a record's rows all live in
+its shard, so labels join within it) and turned into small mergeable partials
+(:func:`shard_partial`): per group the count, mean and sum of squared
+deviations (``n, mean, m2``) of every quantity, merged with Chan et al.'s
+pairwise update (:func:`merge_moments`, :class:`Accumulator`), plus one small
+row per record window x method x target (``class_probability_points``, which the
+exact bootstrap CIs need). Memory is bounded by the number of groups (methods x
+targets x groups x leads x offsets), not of records; time is linear in the
+number of shards. ``use_ray=True`` computes the partials in Ray tasks so that no
+machine holds the data set. Within a shard every aggregation is a Polars
+``group_by``/``agg`` or a NumPy reduction over the list columns, no loop over
+rows. Schemas of the outputs: ``schemas.tables.TABLES`` (``class_probability``,
 ``class_probability_points``, ``lead_relevance``, ``beat_relevance``,
 ``wave_relevance``).
 
 Definitions
 -----------
-* *record*: one record window ``(record_id, window)``; a record with several
-  windows counts once per window.
+* *record*: one record window ``(record_key, window)``; a record with several
+  windows counts once per window. ``record_key`` (the path relative to the input
+  root) tells records that share a ``record_id`` apart; a record whose rows
+  appear in two committed shards is refused (it would be counted twice).
 * *group* of a record for a target class: ``"positive"`` if ``label_<target>``,
   else ``"normal"`` if ``label_normal``, else ``"other"`` (including unknown labels).
 * *record relevance* (``relevance_sum``): the sum over the 12 leads of
@@ -43,8 +55,11 @@ Definitions
   wave relevance is the mean of its average-beat relevance over the window's
   offsets; ``sign`` is ``"+"`` / ``"-"`` (ASCII) when the 95 % CI of the mean
   over records lies above / below 0, else ``"0"``.
-* beats rows whose signal or relevance is null/NaN or whose ``n_beats`` is 0
-  are skipped.
+* beats: ``beats_relevance`` rows join their window's ``beats`` row on
+  ``(record_key, window, lead)``; the relevance is ``relevance * relevance_scale``
+  (stored precision: ``schemas.tables.BEAT_PRECISION``); rows with null lists or
+  ``n_beats`` 0 are skipped, and so are single offsets whose signal or relevance
+  is NaN. Offsets: ``offset_start_ms + i * offset_step_ms`` (as float32).
 
 The same ``lead_relevance`` query in DuckDB: :func:`duckdb_lead_relevance_sql`.
 """
@@ -58,7 +73,7 @@ from typing import Iterable
 import numpy as np
 import polars as pl
 
-from schemas.tables import CLASSES, LEADS, conform, empty
+from schemas.tables import CLASSES, LEADS, READABLE_VERSIONS, conform, empty
 
 WAVES: dict[str, tuple[float, float]] = {"P": (-250.0, -100.0), "QRS": (-50.0, 60.0), "T": (120.0, 400.0)}
 GROUPS = ("positive", "normal", "other")
@@ -66,7 +81,7 @@ OUTCOMES = ("TP", "FP", "FN", "TN")
 REDUCED_TABLES = ("class_probability", "class_probability_points", "lead_relevance", "beat_relevance",
                   "wave_relevance")
 Z95 = 1.959963984540054
-KEY = ("record_id", "window")
+KEY = ("record_key", "window")
 
 
 # ------------------------------------------------------------------------------------ reading
@@ -76,33 +91,33 @@ def _fs_helpers():
     return is_s3, join, open_fs, s3_endpoint, s3_region
 
 
-def committed_files(output: str, name: str) -> list[str]:
-    """Paths/URIs of table ``name``'s files in the committed shards of ``output`` (shard order).
+def committed_shard_files(output: str) -> list[dict[str, str]]:
+    """One ``{table: path or URI}`` per committed shard of ``output`` (shard order), from the commit markers
+    (``ecgray.pipeline.store.Store.commits``). Raises ValueError when a shard was written with a schema version
+    this reducer cannot read (:data:`schemas.tables.READABLE_VERSIONS`)."""
+    from ecgray.pipeline.store import Store
 
-    A shard counts only when ``<output>/_commits/shard=<k>.json`` exists; the file
-    is the marker's ``files[name]`` (else ``<name>/shard=<k>/part-0.parquet``) and
-    must exist. (Stand-in for ``ecgray.pipeline.read_table``, but lazy.)
-    """
-    is_s3, join, open_fs, _, _ = _fs_helpers()
-    fs, root = open_fs(output)
-    commits = posixpath.join(root, "_commits")
-    try:
-        markers = sorted(p for p in fs.find(commits, maxdepth=1)
-                         if posixpath.basename(p).startswith("shard=") and p.endswith(".json"))
-    except FileNotFoundError:
-        markers = []
+    is_s3, _, _, _, _ = _fs_helpers()
+    store = Store(output)
     out = []
-    for m in markers:
-        shard = posixpath.basename(m)[len("shard="):-len(".json")]
-        try:
-            with fs.open(m, "rb") as f:
-                rel = (json.loads(f.read().decode()).get("files") or {}).get(name)
-        except (ValueError, FileNotFoundError):
-            continue
-        path = posixpath.join(root, rel or f"{name}/shard={shard}/part-0.parquet")
-        if fs.exists(path):
-            out.append("s3://" + path if is_s3(output) else path)
+    for shard, marker in sorted(store.commits().items()):
+        version = marker.get("schema_version")
+        if version not in READABLE_VERSIONS:
+            raise ValueError(f"{output}: shard {shard} was written with output schema version {version} "
+                             f"(this ecgray reads {', '.join(map(str, READABLE_VERSIONS))}); rerun the pipeline "
+                             "with --overwrite to recompute it (older outputs cannot tell records that share a "
+                             "name apart)")
+        files = {}
+        for name, rel in (marker.get("files") or {}).items():
+            path = posixpath.join(store.path, rel)
+            files[name] = "s3://" + path if is_s3(output) else path
+        out.append(files)
     return out
+
+
+def committed_files(output: str, name: str) -> list[str]:
+    """Paths/URIs of table ``name``'s files in the committed shards of ``output`` (shard order)."""
+    return [f[name] for f in committed_shard_files(output) if name in f]
 
 
 def _storage_options(output: str) -> dict | None:
@@ -173,14 +188,56 @@ def _normal_ci(mean: str, sd: str, n: str, prefix: str = "") -> list[pl.Expr]:
     return [(pl.col(mean) - half).alias(f"{prefix}ci_low"), (pl.col(mean) + half).alias(f"{prefix}ci_high")]
 
 
-# --------------------------------------------------------------------------------- queries
-def record_groups(records: pl.LazyFrame, targets: Iterable[str] = CLASSES) -> pl.LazyFrame:
-    """Long records: record_id, window, target, label, label_normal, rec_probability, group."""
+# ------------------------------------------------------------------------- mergeable moments
+MOMENTS = ("n", "mean", "m2")  # count, mean, sum of squared deviations from the mean
+
+
+def merge_moments(df: pl.DataFrame, by: list[str], names: Iterable[str] = ("",)) -> pl.DataFrame:
+    """Combine partial ``(n, mean, m2)`` rows that share ``by`` (Chan et al. 1979, pairwise update):
+    ``n = sum n_i``, ``mean = sum n_i mean_i / n``, ``m2 = sum m2_i + n_i (mean_i - mean)^2``.
+    ``names``: column prefixes of moment sets sharing the count ``n`` (``"sig_"`` -> ``sig_mean``,
+    ``sig_m2``). Rows with ``n == 0`` are dropped; other columns in ``df`` are summed.
+    """
+    df = df.filter(pl.col("n") > 0)
+    nf = pl.col("n").cast(pl.Float64)
+    means = {f"_{p}mean": (nf * pl.col(f"{p}mean")).sum().over(by) / nf.sum().over(by) for p in names}
+    df = df.with_columns(**means)
+    extra = [c for c in df.columns if c not in by and c != "n" and not c.startswith("_")
+             and not any(c in (f"{p}mean", f"{p}m2") for p in names)]
+    aggs = [pl.col("n").sum()]
+    for p in names:
+        aggs += [pl.col(f"_{p}mean").first().alias(f"{p}mean"),
+                 (pl.col(f"{p}m2") + nf * (pl.col(f"{p}mean") - pl.col(f"_{p}mean")) ** 2).sum().alias(f"{p}m2")]
+    aggs += [pl.col(c).sum() for c in extra]
+    return df.group_by(by, maintain_order=True).agg(aggs)
+
+
+def _sd(m2: str = "m2", n: str = "n") -> pl.Expr:
+    """Sample standard deviation (ddof=1) from moments; null for n < 2."""
+    return pl.when(pl.col(n) >= 2).then((pl.col(m2) / (pl.col(n) - 1)).clip(0).sqrt()).otherwise(None)
+
+
+def _moments_np(x: np.ndarray, valid: np.ndarray, starts: np.ndarray):
+    """Per group of consecutive rows (groups start at ``starts``): count, mean and m2 of ``x`` over the
+    valid entries, column by column. ``x`` (R, K) float64, ``valid`` (R, K) bool."""
+    xv = np.where(valid, x, 0.0)
+    n = np.add.reduceat(valid.astype(np.int64), starts, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.add.reduceat(xv, starts, axis=0) / n
+    sizes = np.diff(np.r_[starts, len(x)])
+    dev = np.where(valid, x - np.repeat(mean, sizes, axis=0), 0.0)
+    m2 = np.add.reduceat(dev * dev, starts, axis=0)
+    return n, np.where(n > 0, mean, 0.0), m2
+
+
+# --------------------------------------------------------------------------------- per shard
+def record_groups(records: pl.DataFrame | pl.LazyFrame, targets: Iterable[str] = CLASSES):
+    """Long records: record_key, window, target, label, label_normal, rec_probability, group."""
     cols = set(records.collect_schema().names())
     parts = []
     for c in targets:
         parts.append(records.select(
-            pl.col("record_id"), pl.col("window"), pl.lit(c, pl.String).alias("target"),
+            pl.col("record_key"), pl.col("window"), pl.lit(c, pl.String).alias("target"),
             (pl.col(f"label_{c}") if f"label_{c}" in cols else pl.lit(None, pl.Boolean)).alias("label"),
             (pl.col("label_normal") if "label_normal" in cols else pl.lit(None, pl.Boolean)).alias("label_normal"),
             (pl.col(f"prob_{c}").cast(pl.Float64) if f"prob_{c}" in cols else pl.lit(None, pl.Float64))
@@ -193,14 +250,16 @@ def record_groups(records: pl.LazyFrame, targets: Iterable[str] = CLASSES) -> pl
         .otherwise(pl.lit("other")).alias("group"))
 
 
-def _with_group(lf: pl.LazyFrame, groups: pl.LazyFrame, extra: tuple[str, ...] = ()) -> pl.LazyFrame:
-    g = groups.select("record_id", "window", "target", "group", *extra)
-    return lf.join(g, on=["record_id", "window", "target"], how="left").with_columns(
+def _with_group(df, groups, extra: tuple[str, ...] = ()):
+    g = groups.select("record_key", "window", "target", "group", *extra)
+    return df.join(g, on=["record_key", "window", "target"], how="left").with_columns(
         pl.col("group").fill_null("other"))
 
 
-def class_probability_points(summary: pl.LazyFrame, groups: pl.LazyFrame, *, threshold: float = 0.5) -> pl.LazyFrame:
-    per_record = summary.group_by("record_id", "window", "method", "target").agg(
+def class_probability_points(summary: pl.DataFrame, groups: pl.DataFrame, *, threshold: float = 0.5) -> pl.DataFrame:
+    """One row per record window x method x target (see the module docstring)."""
+    per_record = summary.group_by("record_key", "window", "method", "target").agg(
+        pl.col("record_id").first(),
         pl.col("sum").cast(pl.Float64).sort_by("lead").sum().alias("relevance_sum"),  # fixed order: bit-reproducible
         pl.col("probability").cast(pl.Float64).drop_nulls().first().alias("probability"))
     j = _with_group(per_record, groups, ("label", "rec_probability"))
@@ -210,11 +269,137 @@ def class_probability_points(summary: pl.LazyFrame, groups: pl.LazyFrame, *, thr
     outcome = (pl.when(lab.is_null() | pl.col("probability").is_null()).then(pl.lit(None, pl.String))
                .when(pred & lab).then(pl.lit("TP")).when(pred & ~lab).then(pl.lit("FP"))
                .when(~pred & lab).then(pl.lit("FN")).otherwise(pl.lit("TN")))
-    return j.select("record_id", "window", "method", "target", "group", "probability", "relevance_sum",
-                    "label", pred.alias("predicted"), outcome.alias("outcome")
-                    ).sort("method", "target", "record_id", "window")
+    return j.select("record_key", "record_id", "window", "method", "target", "group", "probability",
+                    "relevance_sum", "label", pred.alias("predicted"), outcome.alias("outcome"))
 
 
+def lead_partial(summary: pl.DataFrame, groups: pl.DataFrame) -> pl.DataFrame:
+    """Moments of the lead relevance (``sum``) and the summed share per method x target x group x lead."""
+    rec = ["record_key", "window", "method", "target"]
+    den = pl.col("abs_sum").cast(pl.Float64).sum().over(rec)
+    j = _with_group(summary, groups).with_columns(
+        pl.col("sum").cast(pl.Float64).alias("_rel"),
+        pl.when(den > 0).then(pl.col("abs_sum").cast(pl.Float64) / den).otherwise(None).alias("_share"))
+    return j.group_by("method", "target", "group", "lead").agg(
+        pl.col("_rel").count().cast(pl.Int64).alias("n"), pl.col("_rel").mean().fill_null(0.0).alias("mean"),
+        ((pl.col("_rel") - pl.col("_rel").mean()) ** 2).sum().alias("m2"),
+        pl.col("_share").sum().alias("share_sum"), pl.col("_share").count().cast(pl.Int64).alias("share_n"))
+
+
+BEAT_KEY = ["method", "target", "group", "lead", "offset_start_ms", "offset_step_ms", "k"]
+
+
+def beat_partials(beats: pl.DataFrame, beats_rel: pl.DataFrame, groups: pl.DataFrame,
+                  waves: dict[str, tuple[float, float]] = WAVES) -> tuple[dict, pl.DataFrame]:
+    """Per method x target x group x lead (and offset grid): moments of the average-beat signal and
+    relevance at every offset (``{key: (n, sig_mean, sig_m2, rel_mean, rel_m2)}``, arrays of the grid's
+    length), and moments of the per-record wave relevance (a DataFrame). An entry counts when signal and
+    relevance are finite and the window has beats (``n_beats > 0``)."""
+    empty_waves = pl.DataFrame(schema={"method": pl.String, "target": pl.String, "group": pl.String,
+                                       "lead": pl.String, "wave": pl.String, "n": pl.Int64, "mean": pl.Float64,
+                                       "m2": pl.Float64})
+    if beats.height == 0 or beats_rel.height == 0:
+        return {}, empty_waves
+    sig = beats.select("record_key", "window", "lead", "offset_start_ms", "offset_step_ms", "n_beats", "signal")
+    j = _with_group(beats_rel.select("record_key", "window", "method", "target", "lead", "relevance", "relevance_scale")
+                    .join(sig, on=["record_key", "window", "lead"], how="inner"), groups)
+    j = j.filter(pl.col("relevance").is_not_null() & pl.col("signal").is_not_null()
+                 & (pl.col("n_beats").fill_null(1) > 0)
+                 & (pl.col("relevance").list.len() == pl.col("signal").list.len()))
+    j = j.with_columns(pl.col("relevance").list.len().alias("k")).sort(BEAT_KEY)
+    acc: dict = {}
+    wave_parts = []
+    for (start, step, k), part in j.group_by("offset_start_ms", "offset_step_ms", "k", maintain_order=True):
+        k = int(k)
+        if k == 0:
+            continue
+        rel = part["relevance"].explode().cast(pl.Float64).to_numpy().reshape(-1, k) \
+            * part["relevance_scale"].cast(pl.Float64).fill_null(1.0).to_numpy()[:, None]
+        sg = part["signal"].explode().cast(pl.Float64).to_numpy().reshape(-1, k)
+        valid = np.isfinite(rel) & np.isfinite(sg)
+        keys = part.select(BEAT_KEY[:4])
+        starts = np.flatnonzero(np.r_[True, np.any(keys[1:].to_numpy() != keys[:-1].to_numpy(), axis=1)]
+                                if keys.height > 1 else np.array([True]))
+        n, sm, s2 = _moments_np(sg, valid, starts)
+        _, rm, r2 = _moments_np(rel, valid, starts)
+        for g, row in enumerate(keys[starts].iter_rows()):
+            acc[(*row, float(start), float(step), k)] = (n[g], sm[g], s2[g], rm[g], r2[g])
+        # waves: per record the mean relevance over the window's offsets, then moments over records
+        off = (np.float64(start) + np.float64(step) * np.arange(k)).astype(np.float32).astype(np.float64)
+        for wave, (a, b) in waves.items():
+            win = (off >= a) & (off <= b)
+            if not win.any():
+                continue
+            cnt = (valid & win).sum(1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                per_rec = np.where(valid & win, rel, 0.0).sum(1) / cnt
+            ok = (cnt > 0)[:, None]
+            wn, wm, w2 = _moments_np(np.nan_to_num(per_rec)[:, None], ok, starts)
+            wave_parts.append(keys[starts].with_columns(
+                pl.lit(wave).alias("wave"), pl.Series("n", wn[:, 0], pl.Int64), pl.Series("mean", wm[:, 0]),
+                pl.Series("m2", w2[:, 0])))
+    waves_df = merge_moments(pl.concat(wave_parts), ["method", "target", "group", "lead", "wave"]) \
+        if wave_parts else empty_waves
+    return acc, waves_df
+
+
+def _read(path: str, storage_options) -> pl.DataFrame:
+    df = pl.read_parquet(path, storage_options=storage_options, hive_partitioning=False)
+    return df.with_columns(pl.col(pl.Categorical).cast(pl.String))
+
+
+def shard_partial(files: dict[str, str], *, threshold: float = 0.5, storage_options: dict | None = None,
+                  waves: dict[str, tuple[float, float]] = WAVES) -> dict:
+    """Everything the reduce needs from one committed shard (``files``: table -> path/URI), small and
+    mergeable: ``points`` (one row per record window x method x target), ``lead`` and ``wave``
+    (moments per method x target x group x lead [x wave]) and ``beat`` (moment arrays per key).
+    A record's rows all live in its shard, so groups are joined within the shard."""
+    records = _read(files["records"], storage_options) if "records" in files else pl.from_arrow(empty("records"))
+    groups = record_groups(records)
+    out: dict = {"points": None, "lead": None, "wave": None, "beat": {}}
+    if "relevance_summary" in files:
+        summary = _read(files["relevance_summary"], storage_options)
+        out["points"] = class_probability_points(summary, groups, threshold=threshold)
+        out["lead"] = lead_partial(summary, groups)
+    if "beats" in files and "beats_relevance" in files:
+        out["beat"], out["wave"] = beat_partials(_read(files["beats"], storage_options),
+                                                 _read(files["beats_relevance"], storage_options), groups, waves)
+    return out
+
+
+class Accumulator:
+    """Running merge of shard partials; memory bounded by the number of groups, not of records
+    (except ``points``: one small row per record window x method x target, needed for exact bootstrap CIs)."""
+
+    def __init__(self):
+        self.points: list[pl.DataFrame] = []
+        self.lead: list[pl.DataFrame] = []
+        self.wave: list[pl.DataFrame] = []
+        self.beat: dict = {}
+        self.shards = 0
+
+    def add(self, part: dict) -> None:
+        self.shards += 1
+        for name in ("points", "lead", "wave"):
+            if part.get(name) is not None and part[name].height:
+                getattr(self, name).append(part[name])
+        for key, (n, sm, s2, rm, r2) in part.get("beat", {}).items():
+            if key not in self.beat:
+                self.beat[key] = (n.astype(np.int64), sm, s2, rm, r2)
+                continue
+            n0, sm0, s20, rm0, r20 = self.beat[key]
+            tot = n0 + n
+            with np.errstate(invalid="ignore", divide="ignore"):
+                w = np.where(tot > 0, n / tot, 0.0)
+            ds, dr = sm - sm0, rm - rm0
+            self.beat[key] = (tot, sm0 + ds * w, s20 + s2 + ds * ds * n0 * w, rm0 + dr * w, r20 + r2 + dr * dr * n0 * w)
+        if len(self.lead) > 64:  # keep the partial lists short
+            self.lead = [merge_moments(pl.concat(self.lead), ["method", "target", "group", "lead"])]
+        if len(self.wave) > 64:
+            self.wave = [merge_moments(pl.concat(self.wave), ["method", "target", "group", "lead", "wave"])]
+
+
+# ---------------------------------------------------------------------------------- finals
 def class_probability(points: pl.DataFrame, *, n_bins: int = 10, n_boot: int = 1000, seed: int = 0) -> pl.DataFrame:
     binned = (points.lazy()
               .filter(pl.col("probability").is_not_null() & pl.col("relevance_sum").is_not_null())
@@ -240,56 +425,44 @@ def _lead_order() -> pl.Expr:
     return pl.col("lead").replace_strict({l: i for i, l in enumerate(LEADS)}, default=len(LEADS), return_dtype=pl.Int32)
 
 
-def lead_relevance(summary: pl.LazyFrame, groups: pl.LazyFrame) -> pl.LazyFrame:
-    rec = ["record_id", "window", "method", "target"]
-    den = pl.col("abs_sum").cast(pl.Float64).sum().over(rec)
-    j = _with_group(summary, groups).with_columns(
-        pl.col("sum").cast(pl.Float64).alias("_rel"),
-        pl.when(den > 0).then(pl.col("abs_sum").cast(pl.Float64) / den).otherwise(None).alias("_share"))
-    out = j.group_by("method", "target", "group", "lead").agg(
-        pl.col("_rel").count().cast(pl.Int64).alias("n"), pl.col("_rel").mean().alias("mean_relevance"),
-        pl.col("_rel").std(ddof=1).alias("sd_relevance"), pl.col("_share").mean().alias("share_abs"))
+def lead_relevance(partials: list[pl.DataFrame]) -> pl.DataFrame:
+    by = ["method", "target", "group", "lead"]
+    if not partials:
+        return pl.from_arrow(empty("lead_relevance"))
+    m = merge_moments(pl.concat(partials), by)
+    out = m.select(*by, pl.col("n").cast(pl.Int64), pl.col("mean").alias("mean_relevance"),
+                   _sd().alias("sd_relevance"),
+                   pl.when(pl.col("share_n") > 0).then(pl.col("share_sum") / pl.col("share_n")).alias("share_abs"))
     out = out.with_columns(*_normal_ci("mean_relevance", "sd_relevance", "n"),
                            pl.col("mean_relevance").rank("min", descending=True)
                            .over("method", "target", "group").cast(pl.Int32).alias("rank"))
     return out.sort("method", "target", "group", _lead_order())
 
 
-def _clean_beats(beats: pl.LazyFrame) -> pl.LazyFrame:
-    cols = set(beats.collect_schema().names())
-    ok = pl.col("signal").is_not_null() & pl.col("relevance").is_not_null()
-    ok = ok & pl.col("signal").is_finite() & pl.col("relevance").is_finite()
-    if "n_beats" in cols:
-        ok = ok & (pl.col("n_beats").fill_null(1) > 0)
-    return beats.filter(ok).with_columns(pl.col("signal").cast(pl.Float64), pl.col("relevance").cast(pl.Float64))
-
-
-def beat_relevance(beats: pl.LazyFrame, groups: pl.LazyFrame) -> pl.LazyFrame:
-    j = _with_group(_clean_beats(beats), groups)
-    out = j.group_by("method", "target", "group", "lead", "offset_ms").agg(
-        pl.len().cast(pl.Int64).alias("n"), pl.col("signal").mean().alias("mean_signal"),
-        pl.col("signal").std(ddof=1).alias("_sd_signal"), pl.col("relevance").mean().alias("mean_relevance"),
-        pl.col("relevance").std(ddof=1).alias("_sd_rel"))
+def beat_relevance(acc: dict) -> pl.DataFrame:
+    if not acc:
+        return pl.from_arrow(empty("beat_relevance"))
+    parts = []
+    for (m, t, g, lead, start, step, k), (n, sm, s2, rm, r2) in acc.items():
+        off = (np.float64(start) + np.float64(step) * np.arange(k)).astype(np.float32)
+        parts.append(pl.DataFrame({"method": [m] * k, "target": [t] * k, "group": [g] * k, "lead": [lead] * k,
+                                   "offset_ms": off, "n": n.astype(np.int64), "sig_mean": sm, "sig_m2": s2,
+                                   "rel_mean": rm, "rel_m2": r2}))
+    by = ["method", "target", "group", "lead", "offset_ms"]
+    m = merge_moments(pl.concat(parts), by, names=("sig_", "rel_"))  # grids that share an offset
+    out = m.select(*by, "n", pl.col("sig_mean").alias("mean_signal"), _sd("sig_m2").alias("_sd_signal"),
+                   pl.col("rel_mean").alias("mean_relevance"), _sd("rel_m2").alias("_sd_rel"))
     out = out.with_columns(*_normal_ci("mean_signal", "_sd_signal", "n", "signal_"),
                            *_normal_ci("mean_relevance", "_sd_rel", "n"))
     return out.drop("_sd_signal", "_sd_rel").sort("method", "target", "group", _lead_order(), "offset_ms")
 
 
-def wave_relevance(beats: pl.LazyFrame, groups: pl.LazyFrame, waves: dict[str, tuple[float, float]] = WAVES
-                   ) -> pl.LazyFrame:
-    wave = pl.lit(None, pl.String)
-    off = pl.col("offset_ms").cast(pl.Float64)
-    expr = None
-    for name, (a, b) in waves.items():
-        cond = (off >= a) & (off <= b)
-        expr = pl.when(cond).then(pl.lit(name)) if expr is None else expr.when(cond).then(pl.lit(name))
-    wave = expr.otherwise(None) if expr is not None else wave
-    j = _with_group(_clean_beats(beats).with_columns(wave.alias("wave")).filter(pl.col("wave").is_not_null()), groups)
-    per_rec = j.group_by("record_id", "window", "method", "target", "group", "lead", "wave").agg(
-        pl.col("relevance").mean().alias("_rel"))
-    out = per_rec.group_by("method", "target", "group", "lead", "wave").agg(
-        pl.len().cast(pl.Int64).alias("n"), pl.col("_rel").mean().alias("mean_relevance"),
-        pl.col("_rel").std(ddof=1).alias("_sd"))
+def wave_relevance(partials: list[pl.DataFrame], waves: dict[str, tuple[float, float]] = WAVES) -> pl.DataFrame:
+    by = ["method", "target", "group", "lead", "wave"]
+    if not partials:
+        return pl.from_arrow(empty("wave_relevance"))
+    m = merge_moments(pl.concat(partials), by)
+    out = m.select(*by, pl.col("n").cast(pl.Int64), pl.col("mean").alias("mean_relevance"), _sd().alias("_sd"))
     out = out.with_columns(*_normal_ci("mean_relevance", "_sd", "n"))
     out = out.with_columns(
         pl.when(pl.col("ci_low") > 0).then(pl.lit("+")).when(pl.col("ci_high") < 0).then(pl.lit("-"))
@@ -298,6 +471,22 @@ def wave_relevance(beats: pl.LazyFrame, groups: pl.LazyFrame, waves: dict[str, t
         pl.col("wave").replace_strict({k: v[1] for k, v in waves.items()}, return_dtype=pl.Float64).alias("end_ms"),
         pl.col("wave").replace_strict({k: i for i, k in enumerate(waves)}, return_dtype=pl.Int32).alias("_w"))
     return out.sort("method", "target", "group", _lead_order(), "_w").drop("_sd", "_w")
+
+
+def finish(acc: Accumulator, *, n_bins: int = 10, n_boot: int = 1000, seed: int = 0) -> dict[str, pl.DataFrame]:
+    """The reduced tables from merged partials (not yet conformed)."""
+    points = (pl.concat(acc.points) if acc.points else
+              pl.from_arrow(empty("class_probability_points"))).sort("method", "target", "record_id", "record_key",
+                                                                      "window")
+    dup = points.group_by("record_key", "window", "method", "target").len().filter(pl.col("len") > 1)
+    if dup.height:
+        r = dup.row(0, named=True)
+        raise ValueError(f"record {r['record_key']!r} window {r['window']} appears in {r['len']} committed shards "
+                         f"({dup.height} duplicated record x method x target rows): the output is inconsistent")
+    return {"class_probability_points": points,
+            "class_probability": class_probability(points, n_bins=n_bins, n_boot=n_boot, seed=seed),
+            "lead_relevance": lead_relevance(acc.lead), "beat_relevance": beat_relevance(acc.beat),
+            "wave_relevance": wave_relevance(acc.wave)}
 
 
 # ---------------------------------------------------------------------------------- driver
@@ -317,37 +506,87 @@ def _conformed(df: pl.DataFrame, name: str) -> pl.DataFrame:
     return pl.from_arrow(conform(df.to_arrow(), name))
 
 
+def _partial_task(files: list[dict], threshold: float, storage_options) -> bytes:
+    """Ray task body: a batch of shards -> one merged partial, as a codec payload (no pickle)."""
+    from ecgray.pipeline import codec
+
+    acc = Accumulator()
+    for f in files:
+        acc.add(shard_partial(f, threshold=threshold, storage_options=storage_options))
+    return codec.dumps(_acc_payload(acc))
+
+
+def _ipc(df: pl.DataFrame | None) -> bytes | None:
+    import io
+
+    if df is None:
+        return None
+    buf = io.BytesIO()
+    df.write_ipc(buf)
+    return buf.getvalue()
+
+
+def _acc_payload(acc: Accumulator) -> dict:
+    cat = lambda parts: pl.concat(parts) if parts else None  # noqa: E731
+    return {"points": _ipc(cat(acc.points)), "lead": _ipc(cat(acc.lead)), "wave": _ipc(cat(acc.wave)),
+            "beat_keys": [list(k) for k in acc.beat], "beat": [list(v) for v in acc.beat.values()]}
+
+
+def _payload_partial(p: dict) -> dict:
+    import io
+
+    df = lambda b: None if b is None else pl.read_ipc(io.BytesIO(b))  # noqa: E731
+    return {"points": df(p["points"]), "lead": df(p["lead"]), "wave": df(p["wave"]),
+            "beat": {tuple(k): tuple(v) for k, v in zip(p["beat_keys"], p["beat"])}}
+
+
 def reduce(output: str, *, threshold: float = 0.5, n_bins: int = 10, n_boot: int = 1000, seed: int = 0,
-           dest: str | None = None, write: bool = True, engine: str = "streaming") -> dict[str, pl.DataFrame]:
+           dest: str | None = None, write: bool = True, use_ray: bool = False,
+           shards_per_task: int = 16, progress=None) -> dict[str, pl.DataFrame]:
     """Compute the reduced tables of pipeline output ``output``; write them to ``dest``
     (default ``<output>/reduced``) as ``<name>.parquet`` unless ``write=False``.
 
-    Returns ``{name: DataFrame}`` for the five tables of :data:`REDUCED_TABLES`
-    (conformed to their schemas). Raises FileNotFoundError when ``output`` has
-    no committed ``relevance_summary``. ``engine``: Polars engine for the scans
-    (``"streaming"``, the default, keeps memory bounded on large ``beats``
-    tables; ``"in-memory"`` also works).
+    Streams: each committed shard is read on its own and turned into small mergeable partials
+    (:func:`shard_partial`) that are merged as they come (:class:`Accumulator`); memory is bounded
+    by the number of groups (plus one small row per record for ``class_probability_points``), time
+    is linear in the number of shards. ``use_ray=True`` computes the partials in Ray tasks of
+    ``shards_per_task`` shards each, so no machine holds the data set, and merges them on the
+    driver. ``progress(done, total)`` is called after each shard (each task with Ray).
+
+    Returns ``{name: DataFrame}`` for the five tables of :data:`REDUCED_TABLES` (conformed to their
+    schemas). Raises FileNotFoundError when ``output`` has no committed ``relevance_summary``, and
+    ValueError for outputs of a schema version this reducer cannot read.
     """
     from ecgray.io.fs import join
 
     if n_bins < 1:
         raise ValueError("n_bins must be >= 1")
-    summary = scan_table(output, "relevance_summary")
-    if summary is None:
+    shards = committed_shard_files(output)
+    if not any("relevance_summary" in f for f in shards):
         raise FileNotFoundError(f"{output}: no committed relevance_summary shards (is it a pipeline output?)")
-    records = scan_table(output, "records")
-    if records is None:
-        records = _empty_lazy("records")
-    beats = scan_table(output, "beats")
-    if beats is None:
-        beats = _empty_lazy("beats")
-    groups = record_groups(records).cache()
-    points = class_probability_points(summary, groups, threshold=threshold)
-    lazy = {"class_probability_points": points, "lead_relevance": lead_relevance(summary, groups),
-            "beat_relevance": beat_relevance(beats, groups), "wave_relevance": wave_relevance(beats, groups)}
-    frames = dict(zip(lazy, pl.collect_all(list(lazy.values()), engine=engine)))
-    frames["class_probability"] = class_probability(frames["class_probability_points"], n_bins=n_bins,
-                                                    n_boot=n_boot, seed=seed)
+    opts = _storage_options(output)
+    acc = Accumulator()
+    if use_ray:
+        from ecgray.pipeline.codec import loads
+        from ecgray.pipeline.run import ray_init_if_needed
+
+        ray = ray_init_if_needed()
+        task = ray.remote(num_cpus=1, max_retries=3)(_partial_task)
+        batches = [shards[i:i + shards_per_task] for i in range(0, len(shards), shards_per_task)]
+        pending = [task.remote(b, threshold, opts) for b in batches]
+        done = 0
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            acc.add(_payload_partial(loads(ray.get(ready[0]))))
+            done += 1
+            if progress:
+                progress(done, len(batches))
+    else:
+        for i, files in enumerate(shards):
+            acc.add(shard_partial(files, threshold=threshold, storage_options=opts))
+            if progress:
+                progress(i + 1, len(shards))
+    frames = finish(acc, n_bins=n_bins, n_boot=n_boot, seed=seed)
     out = {name: _conformed(frames[name], name) for name in REDUCED_TABLES}
     if write:
         dest = dest or join(output, "reduced")
@@ -372,6 +611,8 @@ def read_reduced(output: str, dest: str | None = None) -> dict[str, pl.DataFrame
     return out
 
 
+
+
 # ---------------------------------------------------------------------------------- DuckDB
 def _sql_list(files: list[str]) -> str:
     return "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
@@ -392,10 +633,10 @@ def duckdb_lead_relevance_sql(output: str) -> str:
     if recs:
         src_r = f"read_parquet({_sql_list(recs)}, hive_partitioning=true)"
         rec = "\n    UNION ALL ".join(
-            f"SELECT record_id, \"window\", '{c}' AS target, \"label_{c}\" AS label, label_normal FROM {src_r}"
+            f"SELECT record_key, \"window\", '{c}' AS target, \"label_{c}\" AS label, label_normal FROM {src_r}"
             for c in CLASSES)
     else:
-        rec = "SELECT NULL::VARCHAR AS record_id, NULL::INTEGER AS \"window\", NULL::VARCHAR AS target, " \
+        rec = "SELECT NULL::VARCHAR AS record_key, NULL::INTEGER AS \"window\", NULL::VARCHAR AS target, " \
               "NULL::BOOLEAN AS label, NULL::BOOLEAN AS label_normal WHERE false"
     return f"""
 WITH rec AS (
@@ -407,8 +648,8 @@ j AS (
            CASE WHEN sum(CAST(s.abs_sum AS DOUBLE)) OVER w > 0
                 THEN CAST(s.abs_sum AS DOUBLE) / sum(CAST(s.abs_sum AS DOUBLE)) OVER w END AS share
     FROM {src_s} AS s
-    LEFT JOIN rec AS r ON r.record_id = s.record_id AND r."window" = s."window" AND r.target = s.target
-    WINDOW w AS (PARTITION BY s.record_id, s."window", s.method, s.target)
+    LEFT JOIN rec AS r ON r.record_key = s.record_key AND r."window" = s."window" AND r.target = s.target
+    WINDOW w AS (PARTITION BY s.record_key, s."window", s.method, s.target)
 ),
 g AS (
     SELECT method, target, grp, lead, count(rel) AS n, avg(rel) AS mean_relevance,

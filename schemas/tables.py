@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+#: versions :mod:`ecgray.reduce` can read (v3: ``record_key`` in every table, compact ``beats`` +
+#: ``beats_relevance``; v2 outputs must be recomputed: they cannot tell records that share a name apart)
+READABLE_VERSIONS = (3,)
 
 CLASSES = ("1dAVb", "RBBB", "LBBB", "SB", "AF", "ST")
 LEADS = ("DI", "DII", "DIII", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6")
@@ -21,7 +24,10 @@ _provenance = [
     pa.field("model", pa.string(), nullable=False),
     pa.field("model_id", pa.string(), nullable=False),
 ]
+# record_key: the record's path relative to the input root (``site_a/X``, ``exams.hdf5#12``), unique
+# within an input; every join uses (record_key, window). record_id is the display name (may repeat).
 _key = [
+    pa.field("record_key", pa.string(), nullable=False),
     pa.field("record_id", pa.string(), nullable=False),
     pa.field("window", pa.int32(), nullable=False),
 ]
@@ -82,26 +88,41 @@ TABLES: dict[str, pa.Schema] = {
             pa.field("relevance", pa.list_(pa.float32())),  # 4096 samples at 400 Hz
         ]
     ),
-    # One row per record window x method x target x lead x time offset around the R-peak.
+    # One row per record window x lead: the average beat around the R-peak. Sample i of ``signal`` lies at
+    # offset_start_ms + i * offset_step_ms from the R-peak (-300 ms, 2.5 ms at 400 Hz: 320 samples).
+    # Null signal (and n_beats 0) when no beat was found. Precision (BEAT_PRECISION below): float16.
     "beats": pa.schema(
         _provenance
         + _key
-        + _target
         + [
             pa.field("lead", pa.string(), nullable=False),
-            pa.field("offset_ms", pa.float32(), nullable=False),
-            pa.field("signal", pa.float32()),
-            pa.field("relevance", pa.float32()),
+            pa.field("offset_start_ms", pa.float32(), nullable=False),
+            pa.field("offset_step_ms", pa.float32(), nullable=False),
+            pa.field("signal", pa.list_(pa.float16())),  # mV, float16: relative error <= 2**-11
             pa.field("n_beats", pa.int32()),
             pa.field("quality", pa.string()),  # ok, fallback_lead, few_beats, no_beats (see ecgray.beats)
             pa.field("lead_used", pa.string()),  # lead the R-peaks were detected on
             pa.field("heart_rate_bpm", pa.float32()),  # 60 / median RR of the detected beats
         ]
     ),
+    # One row per record window x method x target x lead: the relevance on the average beat, on the offsets
+    # of the window's ``beats`` row (same offset_start_ms / offset_step_ms; null when no beat was found).
+    # Stored scaled: relevance[i] * relevance_scale is the value (BEAT_PRECISION below).
+    "beats_relevance": pa.schema(
+        _provenance
+        + _key
+        + _target
+        + [
+            pa.field("lead", pa.string(), nullable=False),
+            pa.field("relevance", pa.list_(pa.float16())),  # relevance / relevance_scale, in [-1, 1]
+            pa.field("relevance_scale", pa.float32()),  # a power of two: 2**ceil(log2(max |relevance| of the row))
+        ]
+    ),
     # One row per record (or record window) that could not be processed.
     "errors": pa.schema(
         [
             pa.field("run_id", pa.string(), nullable=False),
+            pa.field("record_key", pa.string(), nullable=False),
             pa.field("record_id", pa.string(), nullable=False),
             pa.field("uri", pa.string()),
             pa.field("stage", pa.string(), nullable=False),
@@ -113,7 +134,7 @@ TABLES: dict[str, pa.Schema] = {
 
 # --------------------------------------------------------------------------------------------
 # Reduced tables (``ecgray.reduce``: ``<output>/reduced/<name>.parquet``), one file each.
-# A "record" below is one record window (record_id, window). The group of a record for a
+# A "record" below is one record window (record_key, window). The group of a record for a
 # target is "positive" (label_<target>), "normal" (label_normal) or "other" (neither, or
 # labels unknown). CIs are 95 %.
 _reduced_key = [
@@ -203,6 +224,13 @@ TABLES.update({
         ]
     ),
 })
+
+
+#: How ``beats`` and ``beats_relevance`` store their lists (``ecgray.pipeline.stages``): signal as float16 (relative
+#: error <= 2**-11, i.e. < 0.05 %, about 1 uV at 2 mV); relevance divided by a power-of-two row scale, then float16:
+#: relative error <= 2**-11 for values >= 2**-14 of the row's largest |value|, absolute error <= 2**-25 of it below.
+#: The tables derived from them (beat_relevance, wave_relevance) average these values; all other tables are float32.
+BEAT_PRECISION = "float16 (relevance with a power-of-two row scale)"
 
 
 class SchemaError(ValueError):

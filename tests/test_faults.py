@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 N = 12
 SHARD = 3  # 4 shards
 TARGETS = ["AF", "LBBB"]
-TABLES = ("records", "relevance_summary", "errors") + (("beats",) if beats_available() else ())
+TABLES = ("records", "relevance_summary", "errors") + (("beats", "beats_relevance") if beats_available() else ())
 
 
 @pytest.fixture(scope="module")

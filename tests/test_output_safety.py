@@ -20,7 +20,7 @@ ODD_EXAM_IDS = ["../../escape", "/abs/olute/path", "..", ".", "C:\\Windows\\syst
                 "%2e%2e%2fenc", "~root", "line\nbreak"]
 BAD_EXAM_ID = "../../bad/../../record"
 LAYOUT = re.compile(r"^(_manifest\.json|_commits/shard=\d{5}\.json|"
-                    r"(records|relevance_summary|beats|errors)/shard=\d{5}/part-0\.parquet)$")
+                    r"(records|relevance_summary|beats|beats_relevance|errors)/shard=\d{5}/part-0\.parquet)$")
 
 
 def snapshot(*folders: Path) -> set[str]:
@@ -107,7 +107,7 @@ def test_staged_write_is_atomic(tmp_path, monkeypatch):
     from schemas.tables import from_rows
 
     store = Store(str(tmp_path / "out"))
-    errs = lambda rid: from_rows("errors", [{"run_id": "r", "record_id": rid, "uri": "u", "stage": "read",  # noqa
+    errs = lambda rid: from_rows("errors", [{"run_id": "r", "record_key": rid, "record_id": rid, "uri": "u", "stage": "read",  # noqa
                                              "error_type": "truncated", "message": f"{rid}: x"}])
     store.write_shard("00000", {"errors": errs("a")}, run_id="r", record_hash="h0")
     real = pq.write_table

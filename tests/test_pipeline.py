@@ -18,10 +18,11 @@ ray = pytest.importorskip("ray")
 N_GOOD = 20
 TARGETS = ["AF", "LBBB"]
 KEYS = {
-    "records": ["record_id", "window"],
-    "relevance_summary": ["record_id", "window", "method", "target", "lead"],
-    "beats": ["record_id", "window", "method", "target", "lead", "offset_ms"],
-    "errors": ["record_id"],
+    "records": ["record_key", "window"],
+    "relevance_summary": ["record_key", "window", "method", "target", "lead"],
+    "beats": ["record_key", "window", "lead"],
+    "beats_relevance": ["record_key", "window", "method", "target", "lead"],
+    "errors": ["record_key"],
 }
 
 
@@ -58,11 +59,30 @@ def assert_tables_close(a: pa.Table, b: pa.Table, name: str, rtol: float = 1e-5,
     assert a.schema.equals(b.schema), name
     assert a.num_rows == b.num_rows, (name, a.num_rows, b.num_rows)
     for c in a.column_names:
-        if pa.types.is_floating(a.schema.field(c).type):
+        t = a.schema.field(c).type
+        if pa.types.is_floating(t):
             np.testing.assert_allclose(a.column(c).to_numpy(), b.column(c).to_numpy(), rtol=rtol, atol=atol,
                                        err_msg=f"{name}.{c}")
-        else:
+        elif pa.types.is_list(t) and pa.types.is_floating(t.value_type):  # float16 beat lists: compare values
+            assert a.column(c).is_null().equals(b.column(c).is_null()), f"{name}.{c} nulls"
+            va, vb = (_list_values(x, c) for x in (a, b))
+            assert va.shape == vb.shape, f"{name}.{c} lengths"
+            tol = 2.0 ** -10 if t.value_type == pa.float16() else rtol
+            np.testing.assert_allclose(va, vb, rtol=tol, atol=atol + tol * np.abs(va).max(initial=0), err_msg=f"{name}.{c}")
+        elif c != "relevance_scale":  # compared through the values it scales
             assert a.column(c).equals(b.column(c)), f"{name}.{c}"
+
+
+def _list_values(tbl: pa.Table, col: str) -> np.ndarray:
+    """Flat float64 values of a list column (times ``relevance_scale`` when the table has one)."""
+    import pyarrow.compute as pc
+
+    lst = tbl.column(col).combine_chunks()
+    vals = np.asarray(pc.list_flatten(lst).to_numpy(zero_copy_only=False), np.float64)
+    if col == "relevance" and "relevance_scale" in tbl.column_names:
+        lens = pc.list_value_length(lst).fill_null(0).to_numpy()
+        vals = vals * np.repeat(tbl.column("relevance_scale").fill_null(1.0).to_numpy(), lens)
+    return vals
 
 
 def assert_no_duplicates(tbl: pa.Table, keys: list[str]) -> None:
@@ -117,14 +137,22 @@ def test_beats_table(first_run):
     from ecgray.pipeline import read_table
 
     out, s = first_run
-    beats = read_table(out, "beats")
-    assert beats.num_rows == N_GOOD * 1 * len(TARGETS) * 12 * 320
+    beats, brel = read_table(out, "beats"), read_table(out, "beats_relevance")
+    assert beats.num_rows == N_GOOD * 12  # the average beat once per record window x lead
+    assert brel.num_rows == N_GOOD * 1 * len(TARGETS) * 12  # its relevance per window x method x target x lead
     assert s.rows["beats"] == beats.num_rows
+    assert_no_duplicates(beats, KEYS["beats"])
+    assert_no_duplicates(brel, KEYS["beats_relevance"])
     assert set(pc.unique(beats.column("quality")).to_pylist()) <= {"ok", "fallback_lead", "few_beats", "no_beats"}
-    one = beats.filter(pc.and_(pc.equal(beats["record_id"], "A0001"), pc.equal(beats["lead"], "DII")))
-    assert one.num_rows == len(TARGETS) * 320
-    offs = np.asarray(one.column("offset_ms").to_numpy())[:320]
-    assert offs[0] == pytest.approx(-300, abs=3) and np.all(np.diff(offs) > 0)
+    one = beats.filter(pc.and_(pc.equal(beats["record_id"], "A0001"), pc.equal(beats["lead"], "DII"))).to_pylist()
+    assert len(one) == 1 and len(one[0]["signal"]) == 320
+    assert one[0]["offset_start_ms"] == -300 and one[0]["offset_step_ms"] == 2.5
+    rel = brel.filter(pc.and_(pc.equal(brel["record_id"], "A0001"), pc.equal(brel["lead"], "DII"))).to_pylist()
+    assert len(rel) == len(TARGETS) and all(len(r["relevance"]) == 320 for r in rel)
+    # stored scaled to [-1, 1] with a power-of-two scale (schemas.tables.BEAT_PRECISION)
+    for r in rel:
+        v = np.asarray(r["relevance"], np.float64)
+        assert np.abs(v).max() <= 1 and np.abs(v).max() > 0.5 and np.log2(r["relevance_scale"]).is_integer()
 
 
 def test_polars_and_duckdb_read_output(first_run):
@@ -140,9 +168,29 @@ def test_polars_and_duckdb_read_output(first_run):
     errs = pl.scan_parquet(f"{out}/errors/**/*.parquet", hive_partitioning=True).collect()
     assert errs.height == 1
     if beats_available():
-        nb = duckdb.sql(f"select count(*) from read_parquet('{out}/beats/**/*.parquet', hive_partitioning=true)"
-                        ).fetchall()[0][0]
-        assert nb == N_GOOD * len(TARGETS) * 12 * 320
+        # the README's long forms of the average beat: one row per offset (Polars explode, DuckDB unnest)
+        rel = pl.scan_parquet(f"{out}/beats_relevance/**/*.parquet", hive_partitioning=True)
+        sig = pl.scan_parquet(f"{out}/beats/**/*.parquet", hive_partitioning=True)
+        long = (rel.join(sig, on=["record_key", "window", "lead"])
+                .with_columns(pl.int_ranges(0, pl.col("relevance").list.len()).alias("i"))
+                .explode("relevance", "signal", "i")
+                .with_columns((pl.col("offset_start_ms") + pl.col("i") * pl.col("offset_step_ms")).alias("offset_ms"),
+                              (pl.col("relevance").cast(pl.Float32) * pl.col("relevance_scale")).alias("relevance"))
+                .group_by("target", "lead", "offset_ms").agg(pl.col("relevance").mean())
+                .sort("target", "lead", "offset_ms").collect())
+        assert long.height == len(TARGETS) * 12 * 320
+        dd = pl.from_arrow(duckdb.sql(f"""
+            SELECT target, lead, offset_start_ms + (i - 1) * offset_step_ms AS offset_ms,
+                   avg(CAST(r AS FLOAT) * relevance_scale) AS relevance
+            FROM (SELECT b.target, b.lead, s.offset_start_ms, s.offset_step_ms, b.relevance_scale,
+                         unnest(b.relevance) AS r, generate_subscripts(b.relevance, 1) AS i
+                  FROM read_parquet('{out}/beats_relevance/**/*.parquet', hive_partitioning=true) AS b
+                  JOIN read_parquet('{out}/beats/**/*.parquet', hive_partitioning=true) AS s
+                  USING (record_key, "window", lead))
+            GROUP BY ALL ORDER BY ALL""").arrow()).sort("target", "lead", "offset_ms")
+        assert dd.height == long.height
+        np.testing.assert_allclose(dd["offset_ms"].to_numpy(), long["offset_ms"].to_numpy())
+        np.testing.assert_allclose(dd["relevance"].to_numpy(), long["relevance"].to_numpy(), rtol=1e-5, atol=1e-9)
 
 
 def test_values_equal_ray_free_explain(first_run, setup):
@@ -155,8 +203,9 @@ def test_values_equal_ray_free_explain(first_run, setup):
     net = load_model(setup["model"])
     cfg = ExplainConfig(model_name=setup["model"], model_id=model_id(net), methods=("saliency",), targets=TARGETS,
                         keep_relevance=False, batch_size=8)
-    uris = [u for u, e in zip(*catalog(str(setup["input"])).select(["uri", "error"]).to_pydict().values()) if e is None]
-    ref = explain(net, uris, cfg)
+    cat = catalog(str(setup["input"])).to_pylist()
+    ok = [r for r in cat if r["error"] is None]
+    ref = explain(net, [r["uri"] for r in ok], cfg, record_keys=[r["record_key"] for r in ok])
     for name, cols in (("records", [f"prob_{c}" for c in ("1dAVb", "RBBB", "LBBB", "SB", "AF", "ST")]),
                        ("relevance_summary", ["probability", "sum", "abs_sum", "mean", "mean_pos", "mean_neg"])):
         got, exp = sorted_table(read_table(out, name), name), sorted_table(ref[name], name)
@@ -187,7 +236,7 @@ def test_resume_recomputes_only_missing_shard(first_run, setup, tmp_path):
             shard_size=8, resume=True, progress=False)
     assert (s.shards_skipped, s.shards_written) == (2, 1)
     assert s.records_ok == N_GOOD and s.records_error == 1
-    for name in ("records", "relevance_summary", "errors") + (("beats",) if beats_available() else ()):
+    for name in ("records", "relevance_summary", "errors") + (("beats", "beats_relevance") if beats_available() else ()):
         assert_tables_close(read_table(out, name), read_table(crashed, name), name)
     # resuming a finished run does nothing
     s2 = run(str(setup["input"]), str(crashed), model=setup["model"], methods=["saliency"], targets=TARGETS,
@@ -269,9 +318,9 @@ def test_cli_run_refuses_and_resumes(first_run, setup):
     assert res.exit_code == 2 and "unknown target" in res.output
 
 
-def test_beats_long_format_with_stand_in(cpsc_dir):
-    """The beats table layout (window x method x target x lead x offset), valid region and dtypes, with a
-    stand-in for ecgray.beats.average_beats (no Ray)."""
+def test_beats_layout_with_stand_in(cpsc_dir):
+    """The beats layout (``beats``: window x lead, ``beats_relevance``: window x method x target x lead, lists over
+    the offsets), valid region, dtypes and the stored precision, with a stand-in for ecgray.beats.average_beats."""
     from types import SimpleNamespace
 
     from ecgray.attribution import attribute
@@ -284,36 +333,46 @@ def test_beats_long_format_with_stand_in(cpsc_dir):
     def fake_average_beats(x, relevance, fs=400, *, lead="DII", window_ms=(-300, 500), valid=None):
         calls.append((x.shape, relevance.shape, fs, lead, window_ms, valid))
         k = 320
-        offs = np.linspace(-300, 500, k, endpoint=False, dtype=np.float32)
+        offs = ((-120 + np.arange(k)) * 2.5).astype(np.float32)
+        ramp = np.linspace(-1, 1, k, dtype=np.float32)
         return SimpleNamespace(offsets_ms=offs, signal=np.tile(np.arange(12, dtype=np.float32)[:, None], (1, k)),
-                               relevance=np.broadcast_to(relevance[..., :1], relevance.shape[:-1] + (k,)).copy(),
-                               n_beats=7, lead_used=lead, quality="ok", heart_rate_bpm=70.0)
+                               relevance=relevance[..., :1] * ramp, n_beats=7, lead_used=lead, quality="ok",
+                               heart_rate_bpm=70.0)
 
     recs, wins, xs = [], [], []
     for rid in ("A0001", "A0002"):  # 7500 and longer samples at 500 Hz: cropped, not padded
-        prep, err = prepare(str(cpsc_dir / rid), run_id="r")
+        prep, err = prepare(str(cpsc_dir / rid), run_id="r", record_key=f"site/{rid}")
         assert err is None
         meta = stages._record_meta(prep.record)
         for w in prep.windows:
             recs.append(meta)
-            wins.append(SimpleNamespace(record_id=w.record_id, window=w.window, offset=w.offset,
-                                        n_resampled=stages._n_resampled(meta.signal.shape[0], meta.fs)))
+            wins.append(SimpleNamespace(record_key=meta.record_key, record_id=w.record_id, window=w.window,
+                                        offset=w.offset, n_resampled=stages._n_resampled(meta.signal.shape[0], meta.fs)))
             xs.append(w.x)
     x = np.stack(xs)
     attrs = {m: attribute(net, x, targets=["AF", "LBBB"], method=m) for m in ("saliency", "input_x_gradient")}
     cfg = ExplainConfig(model_name="tiny", model_id="abc", methods=tuple(attrs), targets=["AF", "LBBB"])
-    tbl = stages._beats_table("r", cfg, {"recs": recs, "wins": wins, "x": x, "attrs": attrs}, fake_average_beats)
-    assert tbl.num_rows == 2 * 2 * 2 * 12 * 320
+    out = stages._beats_tables("r", cfg, {"recs": recs, "wins": wins, "x": x, "attrs": attrs}, fake_average_beats)
+    beats, brel = out["beats"], out["beats_relevance"]
+    assert beats.num_rows == 2 * 12 and brel.num_rows == 2 * 2 * 2 * 12
     assert [c[1] for c in calls] == [(2, 2, 12, 4096)] * 2
     assert calls[0][3:5] == ("DII", (-300, 500)) and calls[0][5] == (0, 4096)
-    row = tbl.slice(320 * 12 * 2 + 320 * 1 + 5, 1).to_pylist()[0]  # window 0, method 1, target 0, lead DII
-    assert (row["record_id"], row["method"], row["target"], row["lead"]) == ("A0001", "input_x_gradient", "AF", "DII")
-    assert row["signal"] == 1.0 and row["n_beats"] == 7 and row["quality"] == "ok"
-    r = attrs["input_x_gradient"].relevance[0, 0, 1, 0]
-    assert row["relevance"] == pytest.approx(float(r))
+    b = beats.slice(12 + 1, 1).to_pylist()[0]  # window 1, lead DII
+    assert (b["record_key"], b["record_id"], b["lead"]) == ("site/A0002", "A0002", "DII")
+    assert b["signal"] == [1.0] * 320 and b["n_beats"] == 7 and b["quality"] == "ok"
+    assert (b["offset_start_ms"], b["offset_step_ms"]) == (-300.0, 2.5)
+    assert beats.schema.field("signal").type == pa.list_(pa.float16())
+    row = brel.slice(2 * 2 * 12 * 0 + 2 * 12 * 1 + 12 * 0 + 1, 1).to_pylist()[0]  # window 0, method 1, target 0, DII
+    assert (row["record_key"], row["method"], row["target"], row["lead"]) == ("site/A0001", "input_x_gradient", "AF", "DII")
+    exact = attrs["input_x_gradient"].relevance[0, 0, 1, 0] * np.linspace(-1, 1, 320, dtype=np.float32)
+    got = np.asarray(row["relevance"], np.float64) * row["relevance_scale"]
+    # float16 after a power-of-two row scale: relative error <= 2**-11 (>= 2**-14 of the row max), tiny below
+    amax = np.abs(exact).max()
+    assert amax <= row["relevance_scale"] < 2 * amax
+    assert np.all(np.abs(got - exact) <= np.maximum(2.0 ** -11 * np.abs(exact), 2.0 ** -25 * row["relevance_scale"]))
     # a padded window: valid = the unpadded part
-    w = SimpleNamespace(record_id="P", window=0, offset=-596, n_resampled=2904)
+    w = SimpleNamespace(record_key="P", record_id="P", window=0, offset=-596, n_resampled=2904)
     calls.clear()
-    stages._beats_table("r", cfg, {"recs": recs[:1], "wins": [w], "x": x[:1],
-                                   "attrs": {m: a for m, a in attrs.items()}}, fake_average_beats)
+    stages._beats_tables("r", cfg, {"recs": recs[:1], "wins": [w], "x": x[:1],
+                                    "attrs": {m: a for m, a in attrs.items()}}, fake_average_beats)
     assert calls[0][5] == (596, 3500)

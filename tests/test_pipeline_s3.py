@@ -54,12 +54,13 @@ def test_s3_end_to_end_150_records(s3_ray, tmp_path):
     recs = read_table("s3://bucket/out/", "records")
     summ = read_table("s3://bucket/out/", "relevance_summary")
     errs = read_table("s3://bucket/out/", "errors")
-    assert recs.num_rows == N and len(set(recs.column("record_id").to_pylist())) == N
+    assert recs.num_rows == N and len(set(recs.column("record_key").to_pylist())) == N
     assert summ.num_rows == N * 6 * 1 * 12
-    assert summ.group_by(["record_id", "window", "method", "target", "lead"]).aggregate([]).num_rows == summ.num_rows
+    assert summ.group_by(["record_key", "window", "method", "target", "lead"]).aggregate([]).num_rows == summ.num_rows
     assert errs.num_rows == 0
     if (s.rows.get("beats") or 0) > 0:
-        assert read_table("s3://bucket/out/", "beats").num_rows == N * 6 * 12 * 320
+        assert read_table("s3://bucket/out/", "beats").num_rows == N * 12
+        assert read_table("s3://bucket/out/", "beats_relevance").num_rows == N * 6 * 12
     # layout on S3: markers, hive folders, no staging left
     keys = [o["Key"] for page in s3_ray.get_paginator("list_objects_v2").paginate(Bucket="bucket", Prefix="out/")
             for o in page.get("Contents", [])]

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ecgray import reduce as R
-from schemas.tables import CLASSES, LEADS, conform, schema
+from schemas.tables import CLASSES, LEADS, SCHEMA_VERSION, conform, schema
 from tests.s3util import moto_server, s3_bucket_with, s3_env  # noqa: F401  (fixtures)
 
 METHODS = ("integrated_gradients", "saliency")
@@ -43,7 +43,8 @@ def _write_shard(root: Path, shard: str, tables: dict[str, pa.Table], commit: bo
         files[name] = f"{name}/shard={shard}/part-0.parquet"
     if commit:
         (root / "_commits").mkdir(exist_ok=True)
-        marker = {"shard": shard, "run_id": "run0", "files": files, "rows": {k: t.num_rows for k, t in tables.items()}}
+        marker = {"shard": shard, "run_id": "run0", "files": files, "rows": {k: t.num_rows for k, t in tables.items()},
+                  "schema_version": SCHEMA_VERSION}
         (root / "_commits" / f"shard={shard}.json").write_text(json.dumps(marker))
 
 
@@ -85,13 +86,20 @@ def make_output(root: Path, *, seed: int = 0, relevance: bool = True, n_records:
     b_rel = rng.normal(0, 0.02, (K, M, T, L, O))
     b_rel += (0.5 * lab_t[:, None, :, None, None]) * qrs - (0.3 * lab_t[:, None, :, None, None]) * tw
     b_rel = b_rel.astype(np.float32)
+    # stored precision (schemas.tables.BEAT_PRECISION): signal float16; relevance / power-of-two row scale, float16
+    b_sig = b_sig.astype(np.float16).astype(np.float32)
+    b_scale = np.exp2(np.ceil(np.log2(np.abs(b_rel).max(-1, keepdims=True)))).astype(np.float32)
+    b_rel_q = (b_rel / b_scale).astype(np.float16)
+    assert (np.abs(b_rel_q.astype(np.float64) * b_scale - b_rel) <= np.maximum(2.0 ** -11 * np.abs(b_rel),
+                                                                              2.0 ** -25 * b_scale)).all()
+    b_rel = (b_rel_q.astype(np.float64) * b_scale).astype(np.float32)
     beats_ok = np.ones(K, bool)
     beats_ok[11] = False  # no beats found: null signal/relevance, n_beats 0
 
     def shard_tables(sel: np.ndarray, *, bogus: bool = False) -> dict[str, pa.Table]:
         ks = [keys[i] if not bogus else (f"X{i:03d}", 0) for i in sel]
         n = len(sel)
-        rec = {"record_id": pa.array([k[0] for k in ks]), "window": pa.array([k[1] for k in ks], pa.int32()),
+        rec = {"record_key": pa.array([f"data/{k[0]}" for k in ks]), "record_id": pa.array([k[0] for k in ks]), "window": pa.array([k[1] for k in ks], pa.int32()),
                "uri": pa.array([f"data/{k[0]}" for k in ks]), "window_offset": pa.array(np.zeros(n, np.int64)),
                "label_normal": pa.array(normal[sel] if not bogus else np.zeros(n, bool))}
         for j, c in enumerate(CLASSES):
@@ -103,31 +111,45 @@ def make_output(root: Path, *, seed: int = 0, relevance: bool = True, n_records:
         rr, mm, tt, ll = [a.reshape(-1) for a in np.meshgrid(np.arange(n), np.arange(M), np.arange(T), np.arange(L), indexing="ij")]
         gi = sel[rr]
         ssum = s_sum[gi, mm, tt, ll] * (1000 if bogus else 1)
-        summ = {"record_id": pa.array([ks[r][0] for r in rr]), "window": pa.array([ks[r][1] for r in rr], pa.int32()),
+        summ = {"record_key": pa.array([f"data/{ks[r][0]}" for r in rr]), "record_id": pa.array([ks[r][0] for r in rr]), "window": pa.array([ks[r][1] for r in rr], pa.int32()),
                 "method": pa.array(np.array(METHODS)[mm]), "target": pa.array(np.array(TARGETS)[tt]),
                 "output": pa.array(["logit"] * len(rr)), "lead": pa.array(np.array(LEADS)[ll]),
                 "probability": pa.array(s_prob[gi, tt]), "mean": pa.array(ssum / 4096), "mean_pos": pa.array(np.maximum(ssum, 0) / 4096),
                 "mean_neg": pa.array(np.minimum(ssum, 0) / 4096), "sum": pa.array(ssum), "abs_sum": pa.array(s_abs[gi, mm, tt, ll]),
                 "delta": pa.array(np.zeros(len(rr), np.float32))}
         tables["relevance_summary"] = _table("relevance_summary", summ, len(rr))
-        # beats: (rec, method, target, lead, offset)
-        rr, mm, tt, ll, oo = [a.reshape(-1) for a in np.meshgrid(np.arange(n), np.arange(M), np.arange(T), np.arange(L),
-                                                                 np.arange(O), indexing="ij")]
+        # beats: (rec, lead) -> the average beat; beats_relevance: (rec, method, target, lead) -> its relevance
+        def lists(v, ok_rows, dtype):
+            flat = pa.array(np.ascontiguousarray(v, dtype).reshape(-1))
+            offs = pa.array(np.arange(0, v.shape[0] * v.shape[1] + 1, v.shape[1], dtype=np.int32))
+            return pa.ListArray.from_arrays(offs, flat, mask=pa.array(~ok_rows))
+
+        rr, ll = [a.reshape(-1) for a in np.meshgrid(np.arange(n), np.arange(L), indexing="ij")]
         gi = sel[rr]
         ok = beats_ok[gi]
-        sig = np.where(ok, b_sig[gi, ll, oo], np.nan)
-        rel = np.where(ok, b_rel[gi, mm, tt, ll, oo], np.nan) * (1000 if bogus else 1)
-        beats = {"record_id": pa.array([ks[r][0] for r in rr]), "window": pa.array([ks[r][1] for r in rr], pa.int32()),
-                 "method": pa.array(np.array(METHODS)[mm]), "target": pa.array(np.array(TARGETS)[tt]),
-                 "output": pa.array(["logit"] * len(rr)), "lead": pa.array(np.array(LEADS)[ll]),
-                 "offset_ms": pa.array(OFFSETS[oo]), "signal": pa.array(sig.astype(np.float32), from_pandas=True),
-                 "relevance": pa.array(rel.astype(np.float32), from_pandas=True),
-                 "n_beats": pa.array(np.where(ok, 9, 0).astype(np.int32)),
-                 "quality": pa.array(np.where(ok, "good", "no_beats"))}
-        tables["beats"] = _table("beats", beats, len(rr))
+        tables["beats"] = _table("beats", {
+            "record_key": pa.array([f"data/{ks[r][0]}" for r in rr]), "record_id": pa.array([ks[r][0] for r in rr]),
+            "window": pa.array([ks[r][1] for r in rr], pa.int32()), "lead": pa.array(np.array(LEADS)[ll]),
+            "offset_start_ms": pa.array(np.full(len(rr), OFFSETS[0], np.float32)),
+            "offset_step_ms": pa.array(np.full(len(rr), 2.5, np.float32)),
+            "signal": lists(b_sig[gi, ll], ok, np.float16),
+            "n_beats": pa.array(np.where(ok, 9, 0).astype(np.int32)),
+            "quality": pa.array(np.where(ok, "ok", "no_beats"))}, len(rr))
+        rr, mm, tt, ll = [a.reshape(-1) for a in np.meshgrid(np.arange(n), np.arange(M), np.arange(T), np.arange(L),
+                                                             indexing="ij")]
+        gi = sel[rr]
+        ok = beats_ok[gi]
+        tables["beats_relevance"] = _table("beats_relevance", {
+            "record_key": pa.array([f"data/{ks[r][0]}" for r in rr]), "record_id": pa.array([ks[r][0] for r in rr]),
+            "window": pa.array([ks[r][1] for r in rr], pa.int32()),
+            "method": pa.array(np.array(METHODS)[mm]), "target": pa.array(np.array(TARGETS)[tt]),
+            "output": pa.array(["logit"] * len(rr)), "lead": pa.array(np.array(LEADS)[ll]),
+            "relevance": lists(b_rel_q[gi, mm, tt, ll], ok, np.float16),
+            "relevance_scale": pa.array(b_scale[gi, mm, tt, ll, 0] * (1000 if bogus else 1))}, len(rr))
         errs = [(f"E{sel[0]:03d}_{i}", "bogus" if bogus else et)
                 for i, et in enumerate(["bad_header", "too_short"][: 1 + (sel[0] // 10) % 2])]
-        tables["errors"] = _table("errors", {"record_id": pa.array([e[0] for e in errs]), "uri": pa.array(["x"] * len(errs)),
+        tables["errors"] = _table("errors", {"record_key": pa.array([f"data/{e[0]}" for e in errs]),
+                                             "record_id": pa.array([e[0] for e in errs]), "uri": pa.array(["x"] * len(errs)),
                                              "stage": pa.array(["read"] * len(errs)), "error_type": pa.array([e[1] for e in errs]),
                                              "message": pa.array(["synthetic"] * len(errs))}, len(errs))
         if relevance:
@@ -137,7 +159,7 @@ def make_output(root: Path, *, seed: int = 0, relevance: bool = True, n_records:
             vals = (base * (1 + tt[:, None]) + rng.normal(0, 0.3, (len(rr), 4096))).astype(np.float32)
             lst = pa.ListArray.from_arrays(pa.array(np.arange(0, len(rr) * 4096 + 1, 4096, dtype=np.int32)), pa.array(vals.reshape(-1)))
             tables["relevance"] = _table("relevance", {
-                "record_id": pa.array([ks[r][0] for r in rr]), "window": pa.array([ks[r][1] for r in rr], pa.int32()),
+                "record_key": pa.array([f"data/{ks[r][0]}" for r in rr]), "record_id": pa.array([ks[r][0] for r in rr]), "window": pa.array([ks[r][1] for r in rr], pa.int32()),
                 "method": pa.array(np.array(METHODS)[mm]), "target": pa.array(np.array(TARGETS)[tt]),
                 "output": pa.array(["logit"] * len(rr)), "lead": pa.array(np.array(LEADS)[ll]),
                 "window_offset": pa.array(np.zeros(len(rr), np.int64)), "probability": pa.array(s_prob[sel[rr], tt]),
@@ -365,3 +387,51 @@ def test_reduce_on_s3_matches_local(out, s3_bucket_with):
     assert len(figs) == 3 and "No per-sample" in text
     for b64, fname, _ in figs:
         assert fs.cat(f"{path}/report/{fname}") == base64.b64decode(b64)
+
+
+def test_old_schema_refused(tmp_path):
+    root = tmp_path / "old"
+    make_output(root, relevance=False)
+    marker = root / "_commits" / "shard=00001.json"
+    m = json.loads(marker.read_text())
+    m["schema_version"] = 2
+    marker.write_text(json.dumps(m))
+    with pytest.raises(ValueError, match=r"shard 00001 was written with output schema version 2.*--overwrite"):
+        R.reduce(str(root), write=False)
+
+
+def test_record_in_two_shards_refused(tmp_path):
+    """A record whose rows sit in two committed shards would be counted twice: refused, never summed."""
+    root = tmp_path / "dup"
+    make_output(root, relevance=False)
+    for name in ("records", "relevance_summary", "beats", "beats_relevance", "errors"):
+        src = root / name / "shard=00000" / "part-0.parquet"
+        dst = root / name / "shard=00009" / "part-0.parquet"
+        dst.parent.mkdir(parents=True)
+        dst.write_bytes(src.read_bytes())
+    m = json.loads((root / "_commits" / "shard=00000.json").read_text())
+    m["files"] = {k: v.replace("shard=00000", "shard=00009") for k, v in m["files"].items()}
+    (root / "_commits" / "shard=00009.json").write_text(json.dumps(m))
+    with pytest.raises(ValueError, match="appears in 2 committed shards"):
+        R.reduce(str(root), write=False)
+
+
+def test_reduce_on_ray_equals_local(out, ray_local):
+    """The partials computed in Ray tasks (2 shards per task) merge to the same tables."""
+    got = R.reduce(str(out.root), n_boot=1000, seed=0, write=False, use_ray=True, shards_per_task=2)
+    for name in R.REDUCED_TABLES:
+        assert_frames_close(got[name], out.tables[name])
+
+
+def test_merge_moments_equals_one_pass():
+    """Chan's pairwise merge of (n, mean, m2) over uneven chunks equals the moments of all the values."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(1e3, 1.0, 1000)  # a large mean over a small spread: where sum-of-squares formulas lose digits
+    cuts = np.sort(rng.choice(np.arange(1, 1000), 20, replace=False))
+    parts = [c for c in np.split(x, cuts) if c.size]
+    df = pl.DataFrame({"k": ["a"] * len(parts), "n": [c.size for c in parts], "mean": [c.mean() for c in parts],
+                       "m2": [((c - c.mean()) ** 2).sum() for c in parts]})
+    m = R.merge_moments(df, ["k"]).row(0, named=True)
+    assert m["n"] == 1000
+    assert m["mean"] == pytest.approx(x.mean(), rel=1e-14)
+    assert m["m2"] / 999 == pytest.approx(x.var(ddof=1), rel=1e-10)

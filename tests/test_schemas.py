@@ -24,7 +24,8 @@ def test_only_plain_columns():
 
 
 def test_conform_rejects_missing_extra_and_nulls():
-    row = {"run_id": "r", "record_id": "A1", "uri": "x", "stage": "read", "error_type": "bad_header", "message": "m"}
+    row = {"run_id": "r", "record_key": "site/A1", "record_id": "A1", "uri": "x", "stage": "read", "error_type": "bad_header",
+           "message": "m"}
     t = from_rows("errors", [row])
     assert conform(t, "errors").num_rows == 1
     with pytest.raises(SchemaError, match="missing"):
@@ -38,7 +39,7 @@ def test_conform_rejects_missing_extra_and_nulls():
 
 
 def test_conform_reorders_and_casts_safely():
-    row = {"run_id": "r", "record_id": "A1", "uri": "x", "stage": "read", "error_type": "e", "message": "m"}
+    row = {"run_id": "r", "record_key": "A1", "record_id": "A1", "uri": "x", "stage": "read", "error_type": "e", "message": "m"}
     t = pa.table({k: [v] for k, v in reversed(list(row.items()))})
     out = conform(t, "errors")
     assert out.column_names == schema("errors").names

@@ -16,7 +16,11 @@
   a record whose header was lost). Other files (``.csv``, ``.txt``, images,
   annotation files) are not records and are not listed.
 * Rows are sorted by ``record_id`` (then ``uri``); local ``uri`` values are
-  absolute paths, S3 ones ``s3://bucket/key``. Hidden files/folders (``.*``)
+  absolute paths, S3 ones ``s3://bucket/key``. ``record_key`` (:func:`record_key`)
+  is the record's path relative to the input root (``site_a/X``,
+  ``exams.hdf5#12``): unique within an input, so it is the key every output
+  table and every join uses; ``record_id`` is the display name and may repeat
+  across folders. Hidden files/folders (``.*``)
   are skipped. ``recursive=False`` looks at the top folder only.
 * Labels: the header's, or ``labels_csv``'s for the records it lists (as in
   :func:`ecgray.io.read_record`).
@@ -42,6 +46,7 @@ LABEL_COLUMNS = tuple(f"label_{c}" for c in CLASSES)
 CATALOG_SCHEMA = pa.schema(
     [
         ("record_id", pa.string()),
+        ("record_key", pa.string()),
         ("uri", pa.string()),
         ("format", pa.string()),
         ("dataset", pa.string()),
@@ -71,8 +76,29 @@ def _label_fields(labels: Labels | None) -> dict:
     return out
 
 
+def record_key(uri: str, root: str) -> str:
+    """The key of the record at ``uri`` within the input ``root``: its path relative to the root
+    (WFDB: without extension, ``site_a/X``; HDF5 exams keep the ``#row`` fragment,
+    ``exams.hdf5#12``). When ``root`` names the record itself (one file or one WFDB record), the key
+    is its base name; a URI outside ``root`` keeps its full URI. Unique within one input, stable as
+    the input grows.
+    """
+    uri, root = str(uri), str(root)
+    if is_s3(root):
+        root = root.rstrip("/")
+    else:
+        root = os.path.abspath(root)
+        if root.lower().endswith(".hea"):
+            root = root[:-4]
+    if uri == root or uri.startswith(root + "#"):
+        return posixpath.basename(root) + uri[len(root):]
+    if uri.startswith(root.rstrip("/") + "/"):
+        return uri[len(root.rstrip("/")) + 1:]
+    return uri
+
+
 def _row(record_id: str, uri: str, fmt: str, **kw) -> dict:
-    row = {"record_id": record_id, "uri": uri, "format": fmt, "dataset": None, "fs": None, "n_samples": None,
+    row = {"record_id": record_id, "record_key": None, "uri": uri, "format": fmt, "dataset": None, "fs": None, "n_samples": None,
            "n_leads": None, "leads": None, "error": None, "error_type": None}
     row.update(_label_fields(kw.pop("labels", None)))
     row.update(kw)
@@ -256,5 +282,7 @@ def catalog(path_or_s3_prefix: str, *, labels_csv: str | None = None, recursive:
     rows = _wfdb_rows(root, fs, heads, files, table, referenced) + _hdf5_rows(root, h5s, table)
     if only is None:
         rows += _not_records(root, dirs) + _orphans(root, files, heads, referenced)
+    for r in rows:
+        r["record_key"] = record_key(r["uri"], root)
     rows.sort(key=lambda r: (r["record_id"], r["uri"]))
     return pa.Table.from_pylist(rows, schema=CATALOG_SCHEMA)

@@ -32,6 +32,8 @@ class Record:
     labels: Labels = field(default_factory=Labels)
     dataset: str = ""
     meta: dict = field(default_factory=dict)
+    #: unique key within the input (``ecgray.io.catalog.record_key``); "" = not set (tables use the URI)
+    record_key: str = ""
 
     @property
     def n_samples(self) -> int:

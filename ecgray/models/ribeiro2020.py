@@ -183,9 +183,28 @@ class ResNet2dView(nn.Module):
 
     Inference only (BatchNorm uses its running statistics, dropout is off): for
     attributions. It holds the wrapped :class:`ResNet1d` (``.net``), whose parameters
-    it uses as they are at each call; the outputs equal ``net.eval()(x)`` to float rounding.
+    it uses as they are at each call.
     Why: oneDNN (CPU) and cuDNN (CUDA) have faster channels-last kernels for these
     convolutions than for the ``(N, C, L)`` layout (``ecgray bench`` measures it).
+
+    What it guarantees, and what not:
+
+    * forward: the outputs equal ``net.eval()(x)`` to float rounding (the faster kernels sum
+      in another order: ~1e-7 relative; bit for bit where both layouts run the same
+      kernels, e.g. ``torch.backends.mkldnn.flags(enabled=False)`` on the CPU);
+    * backward: the gradient is the 1-D model's chain rule, same ops, same tie-breaking
+      (the skip max-pools *are* the 1-D modules, see :meth:`_pool`), *given the same
+      routing*: every max-pool window picks the same element and every ReLU input has the
+      same sign. Where a window holds two values, or a ReLU input lies, within float rounding
+      of a tie, the two forwards may resolve it differently; both are one-sided gradients of
+      the same function, but that element's whole upstream gradient goes elsewhere. No
+      pooling rule can prevent it (the inputs of the tie already differ by rounding), and it
+      is common along an IG path: near the zero baseline the activations are almost constant
+      in time, so pooling windows hold near-ties. Measured (width-0.25 test model, IG-8,
+      CODE-15 records, oneDNN on, 2-core CPU): 10 of 20 record triples differ by more than
+      1e-4 of the map's maximum (up to 9.5e-3); with the 1-D model's routing substituted
+      (``tests/test_fast_path.py``), all 20 agree to 3e-7. Gradient maps of the view are
+      therefore equal to the 1-D model's *up to tie routing*, not to float rounding.
     """
 
     def __init__(self, net: ResNet1d):
@@ -207,22 +226,28 @@ class ResNet2dView(nn.Module):
 
     @staticmethod
     def _pool(m: SameMaxPool1d, x: torch.Tensor) -> torch.Tensor:
-        # the 1-D module itself: its choice among tied maxima (zeros after ReLU) routes the gradient,
-        # and max_pool2d picks differently
+        # the 1-D module itself: exact ties (zeros after ReLU, zero padding) meet the same kernel and
+        # tie-break as in the 1-D model; near-ties can still route differently (see the class docstring)
         return m(x.squeeze(2).contiguous()).unsqueeze(2).contiguous(memory_format=torch.channels_last)
+
+    @staticmethod
+    def _relu(m: nn.ReLU, x: torch.Tensor) -> torch.Tensor:
+        # ``m`` (the 1-D model's module at this place) is unused here; it names the place for
+        # subclasses that substitute the 1-D model's routing (tests/test_fast_path.py)
+        return F.relu(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         n = self.net
         x = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-        x = F.relu(self._bn(n.bn1, self._conv(n.conv1, x)))
+        x = self._relu(n.relu, self._bn(n.bn1, self._conv(n.conv1, x)))
         y = x
         for u in n.units:
             if u.skip_pool is not None:
                 y = self._pool(u.skip_pool, y)
             if u.skip_conv is not None:
                 y = self._conv(u.skip_conv, y)
-            x = F.relu(self._bn(u.bn1, self._conv(u.conv1, x)))
+            x = self._relu(u.relu1, self._bn(u.bn1, self._conv(u.conv1, x)))
             x = self._conv(u.conv2, x) + y
             y = x
-            x = F.relu(self._bn(u.bn2, x))
+            x = self._relu(u.relu2, self._bn(u.bn2, x))
         return n.dense(x.squeeze(2).transpose(1, 2).flatten(1))

@@ -1,6 +1,8 @@
 """``ecgray.pipeline.run``: explain a whole data set with Ray Data, shard by shard."""
 from __future__ import annotations
 
+import contextvars
+import functools
 import logging
 import os
 import re
@@ -12,7 +14,8 @@ from typing import Sequence
 from ecgray.io import catalog, is_s3
 
 from . import stages
-from .store import KNOWN_ENTRIES, PipelineError, Store, shard_hash, shard_name
+from .store import (KNOWN_ENTRIES, LOCK, OutputLock, PipelineError, Store, record_fingerprint, shard_hash,
+                    shard_name)
 
 log = logging.getLogger("ecgray.pipeline")
 
@@ -33,7 +36,7 @@ class RunSummary:
     records: int = 0  # records in the input (catalog rows)
     records_ok: int = 0  # records explained (in `records`), this run + skipped shards
     records_error: int = 0  # records in `errors` only
-    windows: int = 0  # windows written by this run
+    windows: int = 0  # record windows explained (rows of `records`; one record can give several), as records_ok
     shards: int = 0
     shards_written: int = 0
     shards_skipped: int = 0
@@ -42,31 +45,49 @@ class RunSummary:
     wall_s: float = 0.0
     records_per_s: float = 0.0  # records of the shards written by this run / wall time
     beats: bool = True
+    resume: dict = field(default_factory=dict)  # what --resume kept and added (empty for a new plan)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def summary_rows(s: RunSummary) -> list[tuple[str, str]]:
+    """The end-of-run summary as ``(label, value)`` pairs: records, record windows, shards, rows, times."""
+    rows = [("output", s.output), ("records (input)", str(s.records)),
+            ("records explained / errors", f"{s.records_ok} / {s.records_error}"),
+            ("record windows explained", str(s.windows)),
+            ("shards written / skipped / total", f"{s.shards_written} / {s.shards_skipped} / {s.shards}")]
+    if s.resume:
+        r = s.resume
+        rows.append(("resume", f"{r['committed_shards']} shards kept ({r['committed_records']} records), "
+                               f"{len(r['unfinished_shards'])} rerun, {r['new_records']} new records in "
+                               f"{len(r['new_shards'])} new shards"))
+    rows += [(f"rows {k} (this run)", str(v)) for k, v in s.rows.items()]
+    if s.stage_seconds:  # summed over the shards written by this run
+        rows.append((f"stage s {'/'.join(s.stage_seconds)}", " / ".join(f"{v:.1f}" for v in s.stage_seconds.values())))
+    rows += [("wall time", f"{s.wall_s:.1f} s"), ("records/s", f"{s.records_per_s:.2f}")]
+    if not s.beats:
+        rows.append(("beats", "not computed (ecgray.beats unavailable)"))
+    return rows
+
+
 def print_summary(s: RunSummary, console=None) -> None:
+    """A rich table (at most 80 columns) on a terminal, plain ``label: value`` lines otherwise."""
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console()
-    t = Table(title=f"ecgray run {s.run_id}", show_header=False)
-    t.add_column("", style="bold")
-    t.add_column("", justify="right")
-    t.add_row("output", s.output)
-    t.add_row("records (input)", str(s.records))
-    t.add_row("records ok / errors", f"{s.records_ok} / {s.records_error}")
-    t.add_row("shards written / skipped / total", f"{s.shards_written} / {s.shards_skipped} / {s.shards}")
-    for k, v in s.rows.items():
-        t.add_row(f"rows {k}", str(v))
-    for k, v in s.stage_seconds.items():
-        t.add_row(f"stage {k} (s, summed over shards)", f"{v:.1f}")
-    t.add_row("wall time (s)", f"{s.wall_s:.1f}")
-    t.add_row("records/s", f"{s.records_per_s:.2f}")
-    if not s.beats:
-        t.add_row("beats", "not computed (ecgray.beats unavailable)")
+    rows = summary_rows(s)
+    if not console.is_terminal:
+        console.print(f"ecgray run {s.run_id}", highlight=False, soft_wrap=True)
+        for k, v in rows:
+            console.print(f"{k}: {v}", highlight=False, soft_wrap=True, markup=False)
+        return
+    t = Table(title=f"ecgray run {s.run_id}", show_header=False, width=min(console.width, 80))
+    t.add_column("", style="bold", no_wrap=True, ratio=None)
+    t.add_column("", justify="right", overflow="fold")
+    for k, v in rows:
+        t.add_row(k, v)
     console.print(t)
 
 
@@ -77,16 +98,133 @@ def _relative(uri: str, root: str) -> str:
     return uri[len(root):].lstrip("/") if uri.startswith(root) else uri
 
 
-def plan_shards(cat, input_root: str, shard_size: int) -> list[dict]:
-    """Consecutive chunks of ``shard_size`` catalog rows in record_id order, with their hash."""
-    rows = sorted(cat.select(["record_id", "uri", "error", "error_type"]).to_pylist(),
-                  key=lambda r: (r["record_id"], r["uri"]))
-    shards = []
-    for k, start in enumerate(range(0, len(rows), shard_size)):
-        items = rows[start:start + shard_size]
-        h = shard_hash((r["record_id"], _relative(r["uri"], input_root)) for r in items)
-        shards.append({"shard": shard_name(k), "record_hash": h, "items": items})
-    return shards
+#: the catalog fields a shard's items carry to the workers
+ITEM_FIELDS = ("record_id", "record_key", "uri", "error", "error_type")
+
+
+def _order(r: dict) -> tuple:
+    return (r["record_id"], r["record_key"])
+
+
+def _shard_spec(name: str, items: list[dict], input_root: str) -> dict:
+    h = shard_hash((r["record_id"], _relative(r["uri"], input_root)) for r in items)
+    return {"shard": name, "record_hash": h, "items": items}
+
+
+def plan_shards(cat, input_root: str, shard_size: int, *, start: int = 0) -> list[dict]:
+    """Consecutive chunks of ``shard_size`` records in (record_id, record_key) order, numbered from ``start``,
+    with their hash. ``cat``: the catalog table or a list of its rows (dicts)."""
+    rows = cat.select(list(ITEM_FIELDS)).to_pylist() if hasattr(cat, "select") else cat
+    rows = sorted(({c: r.get(c) for c in ITEM_FIELDS} for r in rows), key=_order)
+    return [_shard_spec(shard_name(start + k), rows[i:i + shard_size], input_root)
+            for k, i in enumerate(range(0, len(rows), shard_size))]
+
+
+def _plan_entry(shard: dict, fingerprints: dict, run_id: str) -> dict:
+    """A shard's entry in the manifest's plan: its records (keys, in shard order) and their fingerprints."""
+    keys = [r["record_key"] for r in shard["items"]]
+    return {"record_hash": shard["record_hash"], "records": keys, "fingerprints": [fingerprints[k] for k in keys],
+            "run_id": run_id}
+
+
+def _few(keys: list[str], n: int = 5) -> str:
+    return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def _legacy_plan(root: str, rows: list[dict], input_root: str, shard_size: int, old: dict,
+                 commits: dict) -> dict:
+    """The plan of an output written before manifests recorded it: its shards were consecutive chunks of the
+    catalog in (record_id, uri) or (record_id, record_key) order, so the committed ones must still be."""
+    n_old = int(old.get("n_shards") or 0)
+    bad: list[str] = []
+    for order in (lambda r: (r["record_id"], r["uri"]), _order):
+        ordered = sorted(rows, key=order)
+        chunks = [_shard_spec(shard_name(k), [{c: r.get(c) for c in ITEM_FIELDS} for r in ordered[i:i + shard_size]],
+                              input_root) for k, i in enumerate(range(0, len(ordered), shard_size))]
+        bad = sorted(k for k, m in commits.items()
+                     if int(k) >= len(chunks) or chunks[int(k)]["record_hash"] != m.get("record_hash"))
+        if not bad:
+            return {c["shard"]: {"record_hash": c["record_hash"], "records": [r["record_key"] for r in c["items"]],
+                                 "fingerprints": [], "run_id": old.get("run_id")}
+                    for k, c in enumerate(chunks) if k < n_old or c["shard"] in commits}
+    raise PipelineError(f"cannot resume into {root}: the input changed since the previous run (shards "
+                        f"{_few(bad)} hold other records now), and this output was written by an older ecgray that "
+                        "did not record which records each shard holds, so records cannot be added to it; "
+                        "use --overwrite to start again")
+
+
+def _plan_resume(root: str, rows: list[dict], input_root: str, shard_size: int, old: dict, commits: dict,
+                 run_id: str) -> tuple[list[dict], dict, dict]:
+    """Continue the plan of ``old`` (the previous manifest) on the catalog ``rows`` now.
+
+    Committed shards are kept untouched; their records must still be in the input, unchanged
+    (:func:`~ecgray.pipeline.store.record_fingerprint`), else :class:`PipelineError`. Unfinished shards of the
+    previous plan run again under their number when all their records are still there and in no committed
+    shard (a late commit of the run that planned them holds the same records); every other record (added, or
+    from an unfinished shard that lost a record) goes into new shards, ``shard_size`` consecutive records in
+    (record_id, record_key) order, numbered after every shard planned so far. Returns ``(shards, plan,
+    report)``: all shards in shard order (committed ones without ``items``), the manifest's new plan, and what
+    the resume did.
+    """
+    now = {r["record_key"]: r for r in rows}
+    prev = old.get("shards")
+    legacy = not isinstance(prev, dict)
+    if legacy:
+        prev = _legacy_plan(root, rows, input_root, shard_size, old, commits)
+    done: dict[str, str] = {}
+    for k, m in sorted(commits.items()):
+        entry = prev.get(k)
+        if entry is None or entry.get("record_hash") != m.get("record_hash"):
+            raise PipelineError(f"cannot resume into {root}: committed shard {k} (written by run {m.get('run_id')}) "
+                                "is not the shard its manifest planned (a run that wrote into this output without "
+                                "holding its lock?); use --overwrite to start again")
+        for key in entry.get("records") or []:
+            if key in done:
+                raise PipelineError(f"cannot resume into {root}: record {key} is in two committed shards ({done[key]} "
+                                    f"and {k}); use --overwrite to start again")
+            done[key] = k
+    fps = {key: record_fingerprint(r) for key, r in now.items()}
+    removed = sorted(key for key in done if key not in now)
+    changed = sorted(key for k in commits for key, fp in zip(prev[k]["records"], prev[k].get("fingerprints") or [])
+                     if key in now and fps[key] != fp)
+    if removed or changed:
+        what = []
+        if removed:
+            what.append(f"{len(removed)} record(s) of committed shards are gone ({_few(removed)})")
+        if changed:
+            what.append(f"{len(changed)} record(s) of committed shards changed ({_few(changed)})")
+        raise PipelineError(f"cannot resume into {root}: the input changed since the previous run: {'; '.join(what)}. "
+                            "--resume adds records but never rewrites committed shards; restore those records or "
+                            "use --overwrite to start again")
+    planned = set(done)
+    rerun = []
+    for k in sorted((k for k in prev if k not in commits), key=int):
+        keys = prev[k].get("records") or []
+        if keys and all(key in now and key not in planned for key in keys):
+            spec = _shard_spec(k, [{c: now[key].get(c) for c in ITEM_FIELDS} for key in keys], input_root)
+            if spec["record_hash"] == prev[k].get("record_hash"):
+                rerun.append(spec)
+                planned.update(keys)
+    start = max([int(k) + 1 for k in list(prev) + list(commits)] + [int(old.get("next_shard") or 0)])
+    new = plan_shards([r for key, r in now.items() if key not in planned], input_root, shard_size, start=start)
+    plan = {}
+    for k, m in commits.items():
+        entry = dict(prev[k])
+        if not entry.get("fingerprints"):  # an older output: the records as they are now
+            entry["fingerprints"] = [fps[key] for key in entry["records"]]
+        entry["run_id"] = entry.get("run_id") or m.get("run_id")
+        plan[k] = entry
+    for s in rerun + new:
+        plan[s["shard"]] = _plan_entry(s, fps, run_id)
+    committed = [{"shard": k, "record_hash": m.get("record_hash"), "items": None} for k, m in commits.items()]
+    shards = sorted(committed + rerun + new, key=lambda s: int(s["shard"]))
+    before = {key for e in prev.values() for key in e.get("records") or []}
+    n_new = sum(1 for s in new for r in s["items"] if r["record_key"] not in before)
+    report = {"committed_shards": len(commits), "committed_records": len(done),
+              "unfinished_shards": [s["shard"] for s in rerun], "new_records": n_new,
+              "replanned_records": sum(len(s["items"]) for s in new) - n_new,
+              "new_shards": [s["shard"] for s in new], "next_shard": start + len(new), "legacy_output": legacy}
+    return shards, plan, report
 
 
 LOCAL_OBJECT_STORE_MB = 256
@@ -118,9 +256,10 @@ def ray_init_if_needed(*, object_store_mb: int | None = None, **local_kwargs):
     return ray
 
 
-def _check_output(store: Store, shards: list[dict], manifest: dict, *, resume: bool, overwrite: bool) -> dict:
-    """Refuse or prepare the output; returns the commits to keep (resume)."""
-    entries = store.entries()
+def _check_output(store: Store, manifest: dict, *, resume: bool, overwrite: bool) -> tuple[dict | None, dict]:
+    """Refuse or prepare the output (which this run has locked); returns ``(previous manifest, commits)`` to
+    continue (resume), ``(None, {})`` for a fresh plan."""
+    entries = [e for e in store.entries() if not e.startswith(LOCK)]  # this run's lock (and its temporary files)
     if overwrite and entries:
         unknown = [e for e in entries if e not in KNOWN_ENTRIES]
         if unknown:
@@ -128,9 +267,9 @@ def _check_output(store: Store, shards: list[dict], manifest: dict, *, resume: b
                                 f"output ({', '.join(unknown[:5])}); choose another output or remove them")
         for e in entries:
             store.rm(store.p(e))
-        return {}
+        return None, {}
     if not entries:
-        return {}
+        return None, {}
     if not resume:
         raise PipelineError(f"output {store.root} is not empty; pass --resume to continue the previous run there "
                             "or --overwrite to replace it")
@@ -144,16 +283,38 @@ def _check_output(store: Store, shards: list[dict], manifest: dict, *, resume: b
         detail = "; ".join(f"{k}: was {was[k]!r}, now {manifest.get(k)!r}" for k in diff)
         raise PipelineError(f"cannot resume into {store.root}: the run's settings changed ({detail}); "
                             "use --overwrite to start again")
-    commits = store.commits()
-    by_id = {s["shard"]: s for s in shards}
-    changed = [k for k, m in commits.items() if k not in by_id or by_id[k]["record_hash"] != m.get("record_hash")]
-    if changed:
-        raise PipelineError(f"cannot resume into {store.root}: the input changed since the previous run "
-                            f"(shards {', '.join(sorted(changed)[:5])} hold other records now); "
-                            "use --overwrite to start again")
-    return commits
+    return old, store.commits()
 
 
+_RUN_LOCKS: contextvars.ContextVar[list | None] = contextvars.ContextVar("ecgray_run_locks", default=None)
+
+
+def _releases_locks(fn):
+    """Release the output locks that ``fn`` holds (:func:`_hold`) when it returns or raises (KeyboardInterrupt
+    included)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        held: list = []
+        token = _RUN_LOCKS.set(held)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _RUN_LOCKS.reset(token)
+            for lock in reversed(held):
+                lock.release()
+    return wrapper
+
+
+def _hold(lock: OutputLock) -> OutputLock:
+    held = _RUN_LOCKS.get()
+    if held is None:  # not under @_releases_locks: nobody would release it
+        lock.release()
+        raise RuntimeError("_hold() outside a function decorated with @_releases_locks")
+    held.append(lock)
+    return lock
+
+
+@_releases_locks
 def run(input: str, output: str, *, model: str, weights: str | None = None, methods: Sequence[str] = ("saliency",),
         targets: Sequence[str] | None = None, output_kind: str = "logit", params: dict | None = None,
         shard_size: int = 32, policy: str = "first", labels_csv: str | None = None, keep_relevance: bool = False,
@@ -172,6 +333,17 @@ def run(input: str, output: str, *, model: str, weights: str | None = None, meth
     all cores for heavy methods such as IG, whose CPU stages are idle most of
     the time). Starts Ray (``RAY_ADDRESS`` or a local instance)
     if it is not running.
+
+    The run holds ``<output>/_lock.json`` from the check of the output to its end: a second run into an
+    output that a live run holds is refused (naming it); a dead run's lock is taken over
+    (:class:`~ecgray.pipeline.store.OutputLock`). ``resume=True`` into an input that grew runs exactly the
+    records that no committed shard holds (added ones, wherever they sort, in new shards numbered after
+    the last; unfinished shards again under their number) and leaves committed shards untouched; it is
+    refused when a record of a committed shard was removed or changed (its catalog description:
+    :func:`~ecgray.pipeline.store.record_fingerprint`). What the resume did is ``summary.resume``
+    (``committed_shards``, ``new_records``, ``new_shards``, ... ; ``{}`` for a new plan). Rows and
+    commit markers name the run that wrote their shard; the manifest names the latest run and lists
+    all in ``runs``.
     """
     from ecgray.attribution import resolve_method
     from ecgray.explain import new_run_id
@@ -208,23 +380,46 @@ def run(input: str, output: str, *, model: str, weights: str | None = None, meth
         log.warning("ecgray.beats is not available: the beats table will be empty")
 
     cat = catalog(input, labels_csv=labels_csv)
-    shards = plan_shards(cat, input, shard_size)
+    rows = cat.to_pylist()
     manifest = {
         "input": str(input), "model": str(model), "weights": None if weights is None else str(weights),
         "model_id": mid, "methods": methods, "targets": targets, "output_kind": output_kind, "params": params,
         "shard_size": shard_size, "policy": policy, "keep_relevance": bool(keep_relevance), "beats": with_beats,
-        "schema_version": SCHEMA_VERSION, "precision": precision, "n_records": cat.num_rows, "n_shards": len(shards), "run_id": run_id,
+        "schema_version": SCHEMA_VERSION, "precision": precision, "n_records": cat.num_rows, "run_id": run_id,
     }
     store = Store(output)
-    commits = _check_output(store, shards, manifest, resume=resume, overwrite=overwrite)
-    store.write_manifest(manifest)
+    lock = _hold(OutputLock(store, run_id).acquire())  # refuses while a live run holds the output
+    old, commits = _check_output(store, manifest, resume=resume, overwrite=overwrite)
+    if old is None:
+        shards = plan_shards(rows, input, shard_size)
+        fps = {r["record_key"]: record_fingerprint(r) for r in rows}
+        plan = {s["shard"]: _plan_entry(s, fps, run_id) for s in shards}
+        report, next_shard = {}, len(shards)
+    else:
+        shards, plan, report = _plan_resume(store.root, rows, input, shard_size, old, commits, run_id)
+        next_shard = report["next_shard"]
     todo = [s for s in shards if s["shard"] not in commits]
+    runs = list(old.get("runs") or [{"run_id": old.get("run_id")}]) if old else []
+    runs.append({"run_id": run_id, "mode": "resume" if old else ("overwrite" if overwrite else "new"),
+                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(lock.started)),
+                 "host": lock.info()["host"], "pid": os.getpid(), "n_records": cat.num_rows,
+                 "shards_kept": len(commits), "shards_run": [s["shard"] for s in todo],
+                 **({"new_records": report["new_records"]} if old else {}),
+                 **({"took_over_lock_of": lock.took_over.get("run_id")} if lock.took_over else {})})
+    manifest.update(n_shards=len(shards), next_shard=next_shard, shards=plan, runs=runs)
+    store.write_manifest(manifest)  # before any shard runs: every commit marker finds its plan entry
+    if old is not None:
+        log.info("resume: %d committed shards kept (%d records), %d unfinished shards rerun, %d new records in %d "
+                 "new shards%s", report["committed_shards"], report["committed_records"],
+                 len(report["unfinished_shards"]), report["new_records"], len(report["new_shards"]),
+                 f" ({report['new_shards'][0]}..{report['new_shards'][-1]})" if report["new_shards"] else "")
     summary = RunSummary(run_id=run_id, output=str(output), records=cat.num_rows, shards=len(shards),
                          shards_skipped=len(shards) - len(todo), beats=with_beats)
+    summary.resume = report  # {} for a new plan; see _plan_resume
     for m in commits.values():
         summary.records_ok += int(m.get("records_ok", 0))
         summary.records_error += int(m.get("records_error", 0))
-    del cat
+    del cat, rows
 
     results = []
     if todo:
@@ -243,6 +438,8 @@ def run(input: str, output: str, *, model: str, weights: str | None = None, meth
     summary.stage_seconds = {k: 0.0 for k in stage_keys}
     summary.rows = {"records": 0, "relevance_summary": 0, "beats": 0}
     processed = 0
+    for m in commits.values():  # skipped shards: their windows from the commit marker's row counts
+        summary.windows += int((m.get("rows") or {}).get("records", 0))
     for r in results:
         summary.shards_written += 1
         summary.records_ok += r["records_ok"]
@@ -293,13 +490,30 @@ def _execute(todo: list[dict], *, input_labels, output, run_id, model, weights, 
 
     ctx = ray.data.DataContext.get_current()
     saved = (ctx.actor_task_retry_on_errors, ctx.enable_progress_bars)
-    ctx.actor_task_retry_on_errors = True  # an exception escaping a shard is retried (max_task_retries)
-    if progress is not None:
-        ctx.enable_progress_bars = bool(progress)
+    # An exception escaping a shard is retried inside the actor (stages.APP_RETRIES, bounded); Ray retries only
+    # system failures (a dead actor or node) -- without bound, as Ray Data's own default, see _plan.
+    ctx.actor_task_retry_on_errors = False
+    # ecgray reports progress itself (shards, records, rate, ETA, errors; see .progress): Ray Data's bars
+    # (or, off a terminal, its multi-line progress log) are off, and so is its one-time notice saying so.
+    ctx.enable_progress_bars = False
+    try:
+        from ray.util.debug import log_once
+
+        log_once("ray_data_progress_manager_disabled")
+    except ImportError:  # pragma: no cover - other Ray versions
+        pass
     retry = {"max_retries": 3, "retry_exceptions": True}
     # CPU stages are cheap next to attribution (~20 ms/record to read, a few ms to build and write tables):
     # a few concurrent tasks keep the actors fed without spawning (and importing into) many workers.
     cpu_tasks = max(1, int(n_cpu // 2))
+    cpu_memory = _cpu_stage_memory(ray, todo, methods=methods, targets=targets, policy=policy)
+    n_records = {s["shard"]: len(s["items"]) for s in todo}
+    reporter = None
+    if progress is not False:
+        from .progress import Progress
+
+        reporter = Progress(len(todo), sum(n_records.values()))
+    results = []
     try:
         with warnings.catch_warnings():
             # Ray 2.60 deprecates passing max_retries/retry_exceptions/max_restarts/max_task_retries as
@@ -309,38 +523,86 @@ def _execute(todo: list[dict], *, input_labels, output, run_id, model, weights, 
                        weights=weights, methods=methods, targets=targets, output_kind=output_kind, params=params,
                        policy=policy, batch_size=batch_size, precision=precision, faults=faults, cfg=cfg,
                        with_beats=with_beats, gpu=gpu, n_actors=n_actors, torch_threads=torch_threads,
-                       cpu_tasks=cpu_tasks, retry=retry)
-        results = []
+                       cpu_tasks=cpu_tasks, retry=retry, cpu_memory=cpu_memory)
+        if reporter is not None:
+            reporter.start()
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            results.extend(batch.to_pylist())
+            rows = batch.to_pylist()
+            results.extend(rows)
+            if reporter is not None:
+                for r in rows:
+                    reporter.update(records=n_records.get(r["shard"], r["records_ok"] + r["errors"]),
+                                    errors=r["errors"], windows=r["windows"])
+    except BaseException:
+        if reporter is not None:
+            reporter.close(interrupted=True)  # the caller says what happened (error, or "interrupted after ...")
+        raise
+    else:
+        if reporter is not None:
+            reporter.close()
     finally:
         ctx.actor_task_retry_on_errors, ctx.enable_progress_bars = saved
     return results
 
 
+#: Measured peak USS of a Ray task worker running the CPU stages (one worker runs read, beats and write in
+#: turn): 280-480 MiB per stage, up to 710 MiB for a worker that ran all three (demo: 16-record shards, IG
+#: + LRP, 6 targets, keep_relevance; Ray Data's ``max_uss_bytes`` per operator). Ray Data's high-memory
+#: detector warns when a stage uses more than it requests, and when the request is under 1.25x the peak
+#: (888 MiB here): so each task requests this plus four copies of its shard's arrays (signal + relevance).
+CPU_STAGE_BASE_MB = 900
+#: the published models' classes: the relevance of a window is (targets x 12 x 4096) float32 per method
+_N_CLASSES = 6
+
+
+def _cpu_stage_memory(ray, todo: list[dict], *, methods, targets, policy) -> int | None:
+    """Logical memory (bytes) each read/beats/write task requests; never more than a quarter of a node's."""
+    n = max((len(s["items"]) for s in todo), default=1) * (3 if policy == "windows" else 1)
+    per_window = 12 * 4096 * 4 * (1 + len(methods) * len(targets or range(_N_CLASSES)))
+    want = (CPU_STAGE_BASE_MB << 20) + 4 * n * per_window
+    try:
+        node_mem = max(float(nd.get("Resources", {}).get("memory", 0)) for nd in ray.nodes() if nd.get("Alive"))
+    except Exception:  # noqa: BLE001 - no node information (or no alive node): no request, Ray's default
+        return None
+    if node_mem <= 0:
+        return None
+    return int(min(want, node_mem // 4))
+
+
 def _plan(ray, items, *, input_labels, output, run_id, model, weights, methods, targets, output_kind, params, policy,
-          batch_size, precision, faults, cfg, with_beats, gpu, n_actors, torch_threads, cpu_tasks, retry):
-    """The Ray Data plan: one row per shard through read -> attribute -> beats/tables -> write."""
+          batch_size, precision, faults, cfg, with_beats, gpu, n_actors, torch_threads, cpu_tasks, retry,
+          cpu_memory=None):
+    """The Ray Data plan: one row per shard through read -> attribute -> beats/tables -> write.
+
+    The task stages run at most ``cpu_tasks`` at a time (``TaskPoolStrategy``; ``concurrency=`` is
+    deprecated since Ray 2.51) and request ``cpu_memory`` bytes each.
+    """
+    tasks = ray.data.TaskPoolStrategy(size=cpu_tasks)
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(stages.read_preprocess, batch_size=1, batch_format="pyarrow", num_cpus=0.25,
-                        concurrency=cpu_tasks,
+                        compute=tasks, memory=cpu_memory,
                         fn_kwargs={"run_id": run_id, "labels_csv": input_labels, "policy": policy,
                                    "faults": faults}, **retry)
     ds = ds.map_batches(
         stages.AttributeActor, batch_size=1, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=n_actors),
         num_gpus=1 if gpu else 0, num_cpus=1 if gpu else 0.5,
-        max_restarts=3, max_task_retries=3,
+        # max_task_retries=-1: a shard in flight on an actor whose node is lost is retried until the restarted
+        # actor takes it. A finite count is spent on "actor unavailable" attempts against the dead node before the
+        # GCS has declared it dead (ray-project/ray#25457): with 3, losing the actor's node failed the run
+        # (tests/test_cluster_nodes.py). Application errors are not retried by Ray (actor_task_retry_on_errors
+        # False); the actor retries them itself, bounded. max_restarts bounds the restarts.
+        max_restarts=3, max_task_retries=-1,
         fn_constructor_kwargs={"model": str(model), "weights": weights, "methods": list(methods),
                                "targets": targets, "output": output_kind, "params": params,
                                "batch_size": batch_size, "use_gpu": gpu, "precision": precision,
                                "torch_threads": torch_threads, "faults": faults})
     ds = ds.map_batches(stages.beats_and_tables, batch_size=1, batch_format="pyarrow", num_cpus=0.25,
-                        concurrency=cpu_tasks,
+                        compute=tasks, memory=cpu_memory,
                         fn_kwargs={"run_id": run_id, "cfg": cfg, "with_beats": with_beats, "faults": faults},
                         **retry)
     ds = ds.map_batches(stages.write_shard, batch_size=1, batch_format="pyarrow", num_cpus=0.1,
-                        concurrency=cpu_tasks,
+                        compute=tasks, memory=cpu_memory,
                         fn_kwargs={"output": str(output), "run_id": run_id, "faults": faults}, **retry)
     return ds
 

@@ -96,7 +96,7 @@ def _record_meta(rec) -> SimpleNamespace:
     """What the tables need of a Record, without its signal."""
     lab = rec.labels
     return SimpleNamespace(
-        record_id=rec.record_id, uri=rec.uri, dataset=rec.dataset, format=rec.format, fs=float(rec.fs),
+        record_key=rec.record_key, record_id=rec.record_id, uri=rec.uri, dataset=rec.dataset, format=rec.format, fs=float(rec.fs),
         # records_table reads only signal.shape[0]: a zero-byte stand-in with the right shape
         signal=np.broadcast_to(np.float32(0), (int(rec.signal.shape[0]), 1)),
         labels=SimpleNamespace(normal=bool(lab.normal), raw=tuple(lab.raw), scheme=lab.scheme,
@@ -123,11 +123,12 @@ def read_preprocess(batch: pa.Table, *, run_id: str, labels_csv: str | None, pol
         recs, wins, xs, errors = [], [], [], []
         for item in spec["items"]:
             if item.get("error"):
-                errors.append({"run_id": run_id, "record_id": item["record_id"], "uri": item["uri"], "stage": "read",
+                errors.append({"run_id": run_id, "record_key": item["record_key"], "record_id": item["record_id"],
+                               "uri": item["uri"], "stage": "read",
                                "error_type": item.get("error_type") or "unreadable", "message": item["error"]})
                 continue
             prep, err = prepare(item["uri"], run_id=run_id, labels_csv=labels_csv, policy=policy,
-                                stride_s=stride_s, max_windows=max_windows)
+                                stride_s=stride_s, max_windows=max_windows, record_key=item["record_key"])
             if err is not None:
                 errors.append(err)
                 continue
@@ -135,7 +136,7 @@ def read_preprocess(batch: pa.Table, *, run_id: str, labels_csv: str | None, pol
             n_res = _n_resampled(meta.signal.shape[0], meta.fs)
             for w in prep.windows:
                 xs.append(w.x)
-                w_meta = SimpleNamespace(record_id=w.record_id, window=int(w.window), offset=int(w.offset),
+                w_meta = SimpleNamespace(record_key=meta.record_key, record_id=w.record_id, window=int(w.window), offset=int(w.offset),
                                          fs_in=float(w.fs_in), n_samples_in=int(w.n_samples_in),
                                          flags=tuple(w.flags), n_resampled=int(n_res))
                 recs.append(meta)
@@ -148,6 +149,11 @@ def read_preprocess(batch: pa.Table, *, run_id: str, labels_csv: str | None, pol
 
 
 # --------------------------------------------------------------------------- stage 2: attribute
+#: retries of a shard whose attribution raised out of the actor (inside the actor, so bounded); a dead actor or
+#: node is Ray's to retry (``max_task_retries=-1`` in ``ecgray.pipeline.run._plan``)
+APP_RETRIES = 3
+
+
 class AttributeActor:
     """Loads the model once per actor; attributes whole shards."""
 
@@ -176,34 +182,46 @@ class AttributeActor:
                 for m in self.methods}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from ecgray.explain import error_row
-
         out = []
         for shard, p in unpack(batch):
-            maybe_fail(self.faults, "attribute", shard)
-            t0 = time.perf_counter()
-            attrs: dict = {}
-            if len(p["x"]):
+            for attempt in range(APP_RETRIES + 1):
                 try:
-                    attrs = self._attribute(p["x"])
-                except Exception:  # noqa: BLE001 - isolate the failing record(s), keep the rest
-                    attrs = self._per_record(p, error_row)
-            p["attrs"] = attrs
-            p["times"]["attribute"] = time.perf_counter() - t0
-            out.append(pack(shard, p))
+                    out.append(self._shard(shard, p))
+                    break
+                except Exception:  # noqa: BLE001 - an exception escaping a shard: retried here, bounded
+                    if attempt == APP_RETRIES:
+                        raise
+                    log.warning("attribution of shard %s failed (attempt %d of %d); retrying", shard, attempt + 1,
+                                APP_RETRIES + 1, exc_info=True)
         return concat_rows(out)
+
+    def _shard(self, shard: str, p: dict) -> pa.Table:
+        from ecgray.explain import error_row
+
+        maybe_fail(self.faults, "attribute", shard)
+        t0 = time.perf_counter()
+        attrs: dict = {}
+        if len(p["x"]):
+            try:
+                attrs = self._attribute(p["x"])
+            except Exception:  # noqa: BLE001 - isolate the failing record(s), keep the rest
+                attrs = self._per_record(p, error_row)
+        p["attrs"] = attrs
+        p["times"]["attribute"] = time.perf_counter() - t0
+        return pack(shard, p)
 
     def _per_record(self, p: dict, error_row) -> dict:
         """Fallback after a failed shard: attribute record by record; failures become error rows."""
         keep, parts = [], []
-        ids = [w.record_id for w in p["wins"]]
-        for rid in dict.fromkeys(ids):
-            idx = [i for i, r in enumerate(ids) if r == rid]
+        keys = [w.record_key for w in p["wins"]]
+        for key in dict.fromkeys(keys):
+            idx = [i for i, k in enumerate(keys) if k == key]
+            rec = p["recs"][idx[0]]
             try:
                 parts.append(self._attribute(p["x"][idx]))
                 keep.extend(idx)
             except Exception as exc:  # noqa: BLE001
-                p["errors"].append(error_row(p["run_id"], rid, p["recs"][idx[0]].uri, exc, "attribute"))
+                p["errors"].append(error_row(p["run_id"], rec.record_id, rec.uri, exc, "attribute", key))
         p["x"] = p["x"][keep]
         p["recs"] = [p["recs"][i] for i in keep]
         p["wins"] = [p["wins"][i] for i in keep]
@@ -227,43 +245,92 @@ def _dict_strings(values, indices: np.ndarray) -> pa.Array:
     return pa.DictionaryArray.from_arrays(pa.array(np.asarray(indices, np.int32)), pa.array(list(values), pa.string()))
 
 
-def _beats_table(run_id: str, cfg, p: dict, average_beats) -> pa.Table:
-    """Long ``beats`` table: window x method x target x lead x offset_ms."""
+def _lists(values: np.ndarray, valid: np.ndarray) -> pa.Array:
+    """``(N, K)`` rows as a list<float16> array; rows where ``valid`` is False are null."""
+    n, k = values.shape
+    offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(values, np.float16).reshape(-1)),
+                                    mask=pa.array(~np.asarray(valid, bool)))
+
+
+def row_scale(values: np.ndarray) -> np.ndarray:
+    """Power-of-two scale of each row of ``(N, K)`` ``values``: ``2**ceil(log2(max |v|))`` (1 for rows that are
+    all zero or non-finite), so ``values / scale`` lies in [-1, 1] and keeps float16's relative precision down
+    to 2**-14 of the row's largest value (``schemas.tables.BEAT_PRECISION``)."""
+    a = np.where(np.isfinite(values), np.abs(values), 0.0).max(axis=1) if values.size else np.zeros(len(values))
+    with np.errstate(divide="ignore"):
+        e = np.where(a > 0, np.ceil(np.log2(np.where(a > 0, a, 1.0))), 0.0)
+    return np.exp2(e).astype(np.float32)
+
+
+def _beats_tables(run_id: str, cfg, p: dict, average_beats) -> dict[str, pa.Table]:
+    """``beats`` (window x lead: the average beat) and ``beats_relevance`` (window x method x target x lead)."""
     methods = list(p["attrs"])
-    parts = []
+    targets = list(p["attrs"][methods[0]].targets) if methods else []
+    sig_rows: dict[str, list] = {k: [] for k in ("i", "lead", "start", "step", "signal", "ok", "n_beats", "quality",
+                                                "lead_used", "hr")}
+    rel_rows: dict[str, list] = {k: [] for k in ("i", "method", "target", "lead", "relevance", "ok")}
     for i, (rec, w) in enumerate(zip(p["recs"], p["wins"])):
         rel = np.stack([p["attrs"][m].relevance[i] for m in methods])  # (M, T, 12, L)
-        targets = list(p["attrs"][methods[0]].targets)
         L = rel.shape[-1]
         start = max(0, -w.offset)
         valid = (start, min(L, start + w.n_resampled - max(0, w.offset)))
         avg = average_beats(p["x"][i], rel, fs=FS, lead=BEAT_LEAD, window_ms=BEAT_WINDOW_MS, valid=valid)
         M, T, n_leads, K = avg.relevance.shape
-        n = M * T * n_leads * K
-        mi = np.repeat(np.arange(M), T * n_leads * K)
-        ti = np.tile(np.repeat(np.arange(T), n_leads * K), M)
-        li = np.tile(np.repeat(np.arange(n_leads), K), M * T)
-        parts.append(pa.table({
-            "run_id": _dict_strings([run_id], np.zeros(n)),
-            "model": _dict_strings([cfg.model_name], np.zeros(n)),
-            "model_id": _dict_strings([cfg.model_id], np.zeros(n)),
-            "record_id": _dict_strings([rec.record_id], np.zeros(n)),
-            "window": pa.array(np.full(n, w.window, np.int32)),
-            "method": _dict_strings(methods, mi),
-            "target": _dict_strings(targets, ti),
-            "output": _dict_strings([cfg.output], np.zeros(n)),
-            "lead": _dict_strings(LEADS[:n_leads], li),
-            "offset_ms": pa.array(np.tile(np.asarray(avg.offsets_ms, np.float32), M * T * n_leads)),
-            "signal": pa.array(np.tile(np.asarray(avg.signal, np.float32).reshape(-1), M * T)),
-            "relevance": pa.array(np.asarray(avg.relevance, np.float32).reshape(-1)),
-            "n_beats": pa.array(np.full(n, int(avg.n_beats), np.int32)),
-            "quality": _dict_strings([str(avg.quality)], np.zeros(n)),
-            "lead_used": _dict_strings([str(avg.lead_used)], np.zeros(n)),
-            "heart_rate_bpm": pa.array(np.full(n, avg.heart_rate_bpm, np.float32)),
-        }))
-    if not parts:
-        return empty("beats")
-    return conform(pa.concat_tables(parts), "beats")
+        ok = int(avg.n_beats) > 0
+        off = np.asarray(avg.offsets_ms, np.float64)
+        sig_rows["i"].append(np.full(n_leads, i))
+        sig_rows["lead"].append(np.arange(n_leads))
+        sig_rows["start"].append(np.full(n_leads, off[0], np.float32))
+        sig_rows["step"].append(np.full(n_leads, (off[1] - off[0]) if K > 1 else 1000.0 / FS, np.float32))
+        sig_rows["signal"].append(np.asarray(avg.signal, np.float32).reshape(n_leads, K))
+        sig_rows["ok"].append(np.full(n_leads, ok))
+        sig_rows["n_beats"].append(np.full(n_leads, int(avg.n_beats), np.int32))
+        sig_rows["quality"].extend([str(avg.quality)] * n_leads)
+        sig_rows["lead_used"].extend([str(avg.lead_used)] * n_leads)
+        sig_rows["hr"].append(np.full(n_leads, avg.heart_rate_bpm, np.float32))
+        n = M * T * n_leads
+        rel_rows["i"].append(np.full(n, i))
+        rel_rows["method"].append(np.repeat(np.arange(M), T * n_leads))
+        rel_rows["target"].append(np.tile(np.repeat(np.arange(T), n_leads), M))
+        rel_rows["lead"].append(np.tile(np.arange(n_leads), M * T))
+        rel_rows["relevance"].append(np.asarray(avg.relevance, np.float32).reshape(n, K))
+        rel_rows["ok"].append(np.full(n, ok))
+    if not sig_rows["i"]:
+        return {"beats": empty("beats"), "beats_relevance": empty("beats_relevance")}
+    cat = {k: (np.concatenate(v) if k not in ("quality", "lead_used") else v) for k, v in sig_rows.items()}
+    rcat = {k: np.concatenate(v) for k, v in rel_rows.items()}
+    keys = [w.record_key for w in p["wins"]]
+    ids = [w.record_id for w in p["wins"]]
+    wins = np.asarray([w.window for w in p["wins"]], np.int32)
+    scale = row_scale(rcat["relevance"])
+
+    def common(idx: np.ndarray) -> dict:
+        return {"run_id": _dict_strings([run_id], np.zeros(len(idx))),
+                "model": _dict_strings([cfg.model_name], np.zeros(len(idx))),
+                "model_id": _dict_strings([cfg.model_id], np.zeros(len(idx))),
+                "record_key": pa.array([keys[j] for j in idx], pa.string()),
+                "record_id": pa.array([ids[j] for j in idx], pa.string()),
+                "window": pa.array(wins[idx])}
+
+    beats = pa.table({
+        **common(cat["i"]),
+        "lead": _dict_strings(LEADS, cat["lead"]),
+        "offset_start_ms": pa.array(cat["start"]), "offset_step_ms": pa.array(cat["step"]),
+        "signal": _lists(cat["signal"], cat["ok"]),
+        "n_beats": pa.array(cat["n_beats"]), "quality": pa.array(cat["quality"], pa.string()),
+        "lead_used": pa.array(cat["lead_used"], pa.string()), "heart_rate_bpm": pa.array(cat["hr"]),
+    })
+    beats_rel = pa.table({
+        **common(rcat["i"]),
+        "method": _dict_strings(methods, rcat["method"]),
+        "target": _dict_strings(targets, rcat["target"]),
+        "output": _dict_strings([cfg.output], np.zeros(len(rcat["i"]))),
+        "lead": _dict_strings(LEADS, rcat["lead"]),
+        "relevance": _lists(rcat["relevance"] / scale[:, None], rcat["ok"]),
+        "relevance_scale": pa.array(scale, mask=~rcat["ok"]),
+    })
+    return {"beats": conform(beats, "beats"), "beats_relevance": conform(beats_rel, "beats_relevance")}
 
 
 def _load_beats():
@@ -288,7 +355,7 @@ def beats_and_tables(batch: pa.Table, *, run_id: str, cfg, with_beats: bool = Tr
         tables: dict[str, list[pa.Table]] = {"records": [], "relevance_summary": []}
         if cfg.keep_relevance:
             tables["relevance"] = []
-        beats = empty("beats")
+        beats = {"beats": empty("beats"), "beats_relevance": empty("beats_relevance")}
         if p["attrs"]:
             items = list(zip(p["recs"], p["wins"]))
             classes = CLASSES
@@ -299,14 +366,14 @@ def beats_and_tables(batch: pa.Table, *, run_id: str, cfg, with_beats: bool = Tr
             tables["records"].append(records_table(run_id, cfg, items, probs))
             if average_beats is not None:
                 try:
-                    beats = _beats_table(run_id, cfg, p, average_beats)
+                    beats = _beats_tables(run_id, cfg, p, average_beats)
                 except Exception as exc:  # noqa: BLE001 - a beats failure must not lose the shard
                     log.exception("beats failed for shard %s", shard)
-                    for rid, uri in dict.fromkeys((r.record_id, r.uri) for r in p["recs"]):
-                        p["errors"].append(error_row(run_id, rid, uri, exc, "beats"))
+                    for key, rid, uri in dict.fromkeys((r.record_key, r.record_id, r.uri) for r in p["recs"]):
+                        p["errors"].append(error_row(run_id, rid, uri, exc, "beats", key))
                         # the record's other tables are kept; the error row says its beats are missing
         result = {name: (pa.concat_tables(v) if v else empty(name)) for name, v in tables.items()}
-        result["beats"] = beats
+        result.update(beats)
         result["errors"] = from_rows("errors", p["errors"])
         p["times"]["beats"] = time.perf_counter() - t0
         payload = {"shard": shard, "record_hash": p["record_hash"], "times": p["times"],
@@ -333,9 +400,10 @@ def write_shard(batch: pa.Table, *, output: str, run_id: str, faults: dict | Non
         t0 = time.perf_counter()
         tables = {name: from_ipc(b) for name, b in p["ipc"].items()}
         recs = tables["records"]
-        n_ok = len(set(recs.column("record_id").to_pylist()))
+        ok_keys = set(recs.column("record_key").to_pylist())
+        n_ok = len(ok_keys)
         errs = tables["errors"]
-        n_err = len(set(errs.column("record_id").to_pylist()) - set(recs.column("record_id").to_pylist()))
+        n_err = len(set(errs.column("record_key").to_pylist()) - ok_keys)
         store.write_shard(shard, tables, run_id=run_id, record_hash=p["record_hash"],
                           extra={"records_ok": n_ok, "records_error": n_err, "times": p["times"]},
                           before_commit=lambda: maybe_fail(faults, "commit", shard))

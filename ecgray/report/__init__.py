@@ -59,14 +59,14 @@ def _summary_section(output: str, points: pl.DataFrame) -> Section:
     rec = scan_table(output, "records")
     n_win = n_rec = 0
     if rec is not None:
-        n_win, n_rec = rec.select(pl.len(), pl.col("record_id").n_unique()).collect().row(0)
+        n_win, n_rec = rec.select(pl.len(), pl.col("record_key").n_unique()).collect().row(0)
     err = scan_table(output, "errors")
     err_rows, n_err_rec = [], 0
     if err is not None:
-        e = err.group_by("stage", "error_type").agg(pl.len().alias("n"), pl.col("record_id").n_unique().alias("r"))
+        e = err.group_by("stage", "error_type").agg(pl.len().alias("n"), pl.col("record_key").n_unique().alias("r"))
         e = e.sort("n", "stage", "error_type", descending=[True, False, False]).collect()
         err_rows = [list(r) for r in e.iter_rows()]
-        n_err_rec = err.select(pl.col("record_id").n_unique()).collect().item()
+        n_err_rec = err.select(pl.col("record_key").n_unique()).collect().item()
     items = [table(["run", ""], [
         ["committed shards", n_shards],
         ["uncommitted shards (ignored)", ", ".join(s[6:] for s in pending) or "none"],
@@ -108,8 +108,8 @@ def _top_leads(lead_rel: pl.DataFrame, k: int = 3) -> str:
                  numeric=[False, False, False, True])
 
 
-def _example_arrays(rel_lf: pl.LazyFrame, record: str, window: int, target: str, methods: list[str]):
-    d = (rel_lf.filter((pl.col("record_id") == record) & (pl.col("window") == window) & (pl.col("target") == target))
+def _example_arrays(rel_lf: pl.LazyFrame, record_key: str, window: int, target: str, methods: list[str]):
+    d = (rel_lf.filter((pl.col("record_key") == record_key) & (pl.col("window") == window) & (pl.col("target") == target))
          .select("method", "lead", "relevance").collect())
     out = {}
     for m in methods:
@@ -172,16 +172,17 @@ def build_report(output: str, tables: dict[str, pl.DataFrame], *, threshold: flo
     else:
         m0 = methods[0]
         for t in targets:
-            have = rel.filter(pl.col("target") == t).select("record_id", "window").unique().collect()
-            cand = (pts.filter(method=m0, target=t).join(have, on=["record_id", "window"], how="inner")
+            have = rel.filter(pl.col("target") == t).select("record_key", "window").unique().collect()
+            cand = (pts.filter(method=m0, target=t).join(have, on=["record_key", "window"], how="inner")
                     .with_columns((pl.col("group") == "positive").alias("_pos"))
-                    .sort(["_pos", "probability", "record_id"], descending=[True, True, False], nulls_last=True))
+                    .sort(["_pos", "probability", "record_id", "record_key"], descending=[True, True, False, False],
+                          nulls_last=True))
             if not cand.height:
                 sec.items.append(f"<p class=\"note\">No record with per-sample relevance for {esc(t)}.</p>")
                 continue
             r = cand.row(0, named=True)
-            arrays = _example_arrays(rel, r["record_id"], r["window"], t, methods)
-            info = (f"window {r['window']}, p({t}) = {r['probability']:.2f}, group {r['group']}, "
+            arrays = _example_arrays(rel, r["record_key"], r["window"], t, methods)
+            info = (f"{r['record_key']}, window {r['window']}, p({t}) = {r['probability']:.2f}, group {r['group']}, "
                     f"outcome {r['outcome'] or 'unknown'}")
             sec.items.append(add(F.fig_example(arrays, r["record_id"], t, info), f"example_{t}", f"example {t}"))
     sections.append(sec)
