@@ -490,15 +490,18 @@ def reduce_cmd(
     """Reduce a pipeline output to per-class, per-lead and per-beat tables (OUTPUT/reduced/*.parquet).
 
     Streams shard by shard: memory does not grow with the number of records."""
+    import polars as pl
+
     from .reduce import reduce as run_reduce
 
     t0 = time.perf_counter()
     try:
         tables = run_reduce(output, threshold=threshold, n_bins=n_bins, n_boot=n_boot, seed=seed, dest=dest,
-                            use_ray=use_ray, shards_per_task=shards_per_task)
+                            use_ray=use_ray, shards_per_task=shards_per_task, stream_points=True)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
-    sizes = ", ".join(f"{k} {v.height}" for k, v in tables.items())
+    height = lambda v: v.select(pl.len()).collect().item() if isinstance(v, pl.LazyFrame) else v.height  # noqa: E731
+    sizes = ", ".join(f"{k} {height(v)}" for k, v in tables.items())
     console.print(f"reduced {output} in {time.perf_counter() - t0:.1f} s: {sizes} rows", highlight=False, soft_wrap=True)
 
 

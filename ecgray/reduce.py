@@ -367,20 +367,89 @@ def shard_partial(files: dict[str, str], *, threshold: float = 0.5, storage_opti
     return out
 
 
-class Accumulator:
-    """Running merge of shard partials; memory bounded by the number of groups, not of records
-    (except ``points``: one small row per record window x method x target, needed for exact bootstrap CIs)."""
+class PointsSink:
+    """Writes ``class_probability_points`` shard by shard to one Parquet file (local or S3), conformed."""
 
-    def __init__(self):
+    def __init__(self, dest: str):
+        import pyarrow.parquet as pq
+
+        from ecgray.io.fs import fs_path, is_s3, join, pyarrow_fs
+
+        fs = pyarrow_fs(dest)
+        if not is_s3(dest):
+            fs.create_dir(fs_path(dest), recursive=True)
+        import uuid
+
+        self.fs, self.path = fs, join(dest, "class_probability_points.parquet")
+        self._tmp = join(dest, f"_tmp-points-{uuid.uuid4().hex[:8]}.parquet")  # moved into place by commit()
+        self.schema = conform(empty("class_probability_points"), "class_probability_points").schema
+        self._writer = pq.ParquetWriter(fs_path(self._tmp), self.schema, filesystem=fs, compression="zstd")
+        self.rows = 0
+
+    def write(self, df: pl.DataFrame) -> None:
+        tbl = conform(df.sort("method", "target", "record_id", "record_key", "window").to_arrow(),
+                      "class_probability_points")
+        self._writer.write_table(tbl)
+        self.rows += tbl.num_rows
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def commit(self) -> None:
+        from ecgray.io.fs import fs_path
+
+        self.close()
+        self.fs.move(fs_path(self._tmp), fs_path(self.path))
+
+    def discard(self) -> None:
+        from ecgray.io.fs import fs_path
+
+        self.close()
+        try:
+            self.fs.delete_file(fs_path(self._tmp))
+        except OSError:
+            pass
+
+
+class Accumulator:
+    """Running merge of shard partials. Memory is bounded by the number of groups, plus, per record window x
+    method x target, an 8-byte hash (the duplicate check) and its ``relevance_sum`` as float64 (the exact
+    bootstrap CIs of ``class_probability`` resample them). The points rows themselves are kept only without a
+    ``sink`` (a :class:`PointsSink` that writes them shard by shard instead)."""
+
+    def __init__(self, *, n_bins: int = 10, sink: PointsSink | None = None):
+        self.n_bins, self.sink = n_bins, sink
         self.points: list[pl.DataFrame] = []
+        self.bins: dict[tuple, list] = {}  # (method, target, group, bin) -> [n, sum of probability, [values]]
+        self.hashes: list[np.ndarray] = []
         self.lead: list[pl.DataFrame] = []
         self.wave: list[pl.DataFrame] = []
         self.beat: dict = {}
         self.shards = 0
 
+    def _add_points(self, pts: pl.DataFrame) -> None:
+        self.hashes.append(pts.select(pl.struct("record_key", "window", "method", "target").hash(seed=0))
+                           .to_series().to_numpy())
+        if self.sink is not None:
+            self.sink.write(pts)
+        else:
+            self.points.append(pts)
+        binned = (pts.filter(pl.col("probability").is_not_null() & pl.col("relevance_sum").is_not_null())
+                  .with_columns((pl.col("probability") * self.n_bins).floor().clip(0, self.n_bins - 1)
+                                .cast(pl.Int32).alias("bin"))
+                  .group_by("method", "target", "group", "bin")
+                  .agg(pl.len().alias("n"), pl.col("probability").sum().alias("p"), pl.col("relevance_sum")))
+        for m, t, g, b, n, p, vals in binned.iter_rows():
+            slot = self.bins.setdefault((m, t, g, b), [0, 0.0, []])
+            slot[0] += n
+            slot[1] += p
+            slot[2].append(np.asarray(vals, np.float64))
+
     def add(self, part: dict) -> None:
         self.shards += 1
-        for name in ("points", "lead", "wave"):
+        if part.get("points") is not None and part["points"].height:
+            self._add_points(part["points"])
+        for name in ("lead", "wave"):
             if part.get(name) is not None and part[name].height:
                 getattr(self, name).append(part[name])
         for key, (n, sm, s2, rm, r2) in part.get("beat", {}).items():
@@ -400,24 +469,22 @@ class Accumulator:
 
 
 # ---------------------------------------------------------------------------------- finals
-def class_probability(points: pl.DataFrame, *, n_bins: int = 10, n_boot: int = 1000, seed: int = 0) -> pl.DataFrame:
-    binned = (points.lazy()
-              .filter(pl.col("probability").is_not_null() & pl.col("relevance_sum").is_not_null())
-              .with_columns((pl.col("probability") * n_bins).floor().clip(0, n_bins - 1).cast(pl.Int32).alias("bin"))
-              .group_by("method", "target", "group", "bin")
-              .agg(pl.len().cast(pl.Int64).alias("n"), pl.col("probability").mean().alias("mean_probability"),
-                   pl.col("relevance_sum").mean().alias("mean_relevance_sum"), pl.col("relevance_sum").sort().alias("_values"))  # sorted: CI independent of scan order
-              .sort("method", "target", "group", "bin")
-              .collect())
-    lo, hi = [], []
-    for m, t, g, b, vals in binned.select("method", "target", "group", "bin", "_values").iter_rows():
-        ci = bootstrap_ci(np.asarray(vals, np.float64), n_boot=n_boot, rng=np.random.default_rng(row_seed(seed, m, t, g, b)))
-        lo.append(ci[0])
-        hi.append(ci[1])
-    return binned.drop("_values").with_columns(
+def class_probability(bins: dict[tuple, list], *, n_bins: int = 10, n_boot: int = 1000, seed: int = 0) -> pl.DataFrame:
+    """``class_probability`` from ``Accumulator.bins``: per method x target x group x bin the count, the mean
+    probability and relevance_sum, and a seeded percentile-bootstrap CI of the mean over the bin's values
+    (sorted first: the CI does not depend on the order the shards were read in)."""
+    rows = []
+    for (m, t, g, b) in sorted(bins):
+        n, p_sum, parts = bins[(m, t, g, b)]
+        vals = np.sort(np.concatenate(parts))
+        lo, hi = bootstrap_ci(vals, n_boot=n_boot, rng=np.random.default_rng(row_seed(seed, m, t, g, b)))
+        rows.append({"method": m, "target": t, "group": g, "bin": int(b), "n": int(n), "mean_probability": p_sum / n,
+                     "mean_relevance_sum": float(vals.mean()), "ci_low": lo, "ci_high": hi})
+    if not rows:
+        return pl.from_arrow(empty("class_probability"))
+    return pl.DataFrame(rows, schema_overrides={"bin": pl.Int32, "n": pl.Int64}).with_columns(
         (pl.col("bin").cast(pl.Float64) / n_bins).alias("bin_low"),
         ((pl.col("bin").cast(pl.Float64) + 1) / n_bins).alias("bin_high"),
-        pl.Series("ci_low", lo, pl.Float64), pl.Series("ci_high", hi, pl.Float64),
         pl.lit(n_boot, pl.Int32).alias("n_boot"))
 
 
@@ -473,20 +540,31 @@ def wave_relevance(partials: list[pl.DataFrame], waves: dict[str, tuple[float, f
     return out.sort("method", "target", "group", _lead_order(), "_w").drop("_sd", "_w")
 
 
-def finish(acc: Accumulator, *, n_bins: int = 10, n_boot: int = 1000, seed: int = 0) -> dict[str, pl.DataFrame]:
-    """The reduced tables from merged partials (not yet conformed)."""
-    points = (pl.concat(acc.points) if acc.points else
-              pl.from_arrow(empty("class_probability_points"))).sort("method", "target", "record_id", "record_key",
-                                                                      "window")
-    dup = points.group_by("record_key", "window", "method", "target").len().filter(pl.col("len") > 1)
-    if dup.height:
-        r = dup.row(0, named=True)
-        raise ValueError(f"record {r['record_key']!r} window {r['window']} appears in {r['len']} committed shards "
-                         f"({dup.height} duplicated record x method x target rows): the output is inconsistent")
+def finish(acc: Accumulator, *, n_boot: int = 1000, seed: int = 0) -> dict[str, pl.DataFrame]:
+    """The reduced tables from merged partials (not yet conformed). With a points sink, the points are
+    on disk already and ``class_probability_points`` is a lazy scan of that file."""
+    hashes = np.concatenate(acc.hashes) if acc.hashes else np.zeros(0, np.uint64)
+    uniq, counts = np.unique(hashes, return_counts=True)
+    if (counts > 1).any():
+        raise ValueError(f"{int((counts > 1).sum())} record window x method x target rows appear in more than one "
+                         "committed shard (a record in 2 committed shards?): the output is inconsistent; rerun the "
+                         "pipeline with --overwrite")
+    if acc.sink is not None:
+        acc.sink.commit()
+        points = _scan_points(acc.sink.path)
+    else:
+        points = (pl.concat(acc.points) if acc.points else pl.from_arrow(empty("class_probability_points"))
+                  ).sort("method", "target", "record_id", "record_key", "window")
     return {"class_probability_points": points,
-            "class_probability": class_probability(points, n_bins=n_bins, n_boot=n_boot, seed=seed),
+            "class_probability": class_probability(acc.bins, n_bins=acc.n_bins, n_boot=n_boot, seed=seed),
             "lead_relevance": lead_relevance(acc.lead), "beat_relevance": beat_relevance(acc.beat),
             "wave_relevance": wave_relevance(acc.wave)}
+
+
+def _scan_points(path: str) -> pl.LazyFrame:
+    from ecgray.io.fs import is_s3
+
+    return pl.scan_parquet(path, storage_options=_storage_options(path) if is_s3(path) else None)
 
 
 # ---------------------------------------------------------------------------------- driver
@@ -540,32 +618,10 @@ def _payload_partial(p: dict) -> dict:
             "beat": {tuple(k): tuple(v) for k, v in zip(p["beat_keys"], p["beat"])}}
 
 
-def reduce(output: str, *, threshold: float = 0.5, n_bins: int = 10, n_boot: int = 1000, seed: int = 0,
-           dest: str | None = None, write: bool = True, use_ray: bool = False,
-           shards_per_task: int = 16, progress=None) -> dict[str, pl.DataFrame]:
-    """Compute the reduced tables of pipeline output ``output``; write them to ``dest``
-    (default ``<output>/reduced``) as ``<name>.parquet`` unless ``write=False``.
-
-    Streams: each committed shard is read on its own and turned into small mergeable partials
-    (:func:`shard_partial`) that are merged as they come (:class:`Accumulator`); memory is bounded
-    by the number of groups (plus one small row per record for ``class_probability_points``), time
-    is linear in the number of shards. ``use_ray=True`` computes the partials in Ray tasks of
-    ``shards_per_task`` shards each, so no machine holds the data set, and merges them on the
-    driver. ``progress(done, total)`` is called after each shard (each task with Ray).
-
-    Returns ``{name: DataFrame}`` for the five tables of :data:`REDUCED_TABLES` (conformed to their
-    schemas). Raises FileNotFoundError when ``output`` has no committed ``relevance_summary``, and
-    ValueError for outputs of a schema version this reducer cannot read.
-    """
-    from ecgray.io.fs import join
-
-    if n_bins < 1:
-        raise ValueError("n_bins must be >= 1")
-    shards = committed_shard_files(output)
-    if not any("relevance_summary" in f for f in shards):
-        raise FileNotFoundError(f"{output}: no committed relevance_summary shards (is it a pipeline output?)")
-    opts = _storage_options(output)
-    acc = Accumulator()
+def _accumulate(acc: Accumulator, shards: list[dict], *, threshold: float, opts, use_ray: bool,
+                shards_per_task: int, progress) -> None:
+    """Add every shard's partial to ``acc``: here one shard at a time, or in Ray tasks of
+    ``shards_per_task`` shards each (merged here as they finish)."""
     if use_ray:
         from ecgray.pipeline.codec import loads
         from ecgray.pipeline.run import ray_init_if_needed
@@ -581,17 +637,60 @@ def reduce(output: str, *, threshold: float = 0.5, n_bins: int = 10, n_boot: int
             done += 1
             if progress:
                 progress(done, len(batches))
-    else:
-        for i, files in enumerate(shards):
-            acc.add(shard_partial(files, threshold=threshold, storage_options=opts))
-            if progress:
-                progress(i + 1, len(shards))
-    frames = finish(acc, n_bins=n_bins, n_boot=n_boot, seed=seed)
-    out = {name: _conformed(frames[name], name) for name in REDUCED_TABLES}
+        return
+    for i, files in enumerate(shards):
+        acc.add(shard_partial(files, threshold=threshold, storage_options=opts))
+        if progress:
+            progress(i + 1, len(shards))
+
+
+def reduce(output: str, *, threshold: float = 0.5, n_bins: int = 10, n_boot: int = 1000, seed: int = 0,
+           dest: str | None = None, write: bool = True, use_ray: bool = False,
+           shards_per_task: int = 16, stream_points: bool = False, progress=None) -> dict[str, pl.DataFrame]:
+    """Compute the reduced tables of pipeline output ``output``; write them to ``dest``
+    (default ``<output>/reduced``) as ``<name>.parquet`` unless ``write=False``.
+
+    Streams: each committed shard is read on its own and turned into small mergeable partials
+    (:func:`shard_partial`) that are merged as they come (:class:`Accumulator`); memory is bounded
+    by the number of groups (plus one small row per record for ``class_probability_points``), time
+    is linear in the number of shards. ``use_ray=True`` computes the partials in Ray tasks of
+    ``shards_per_task`` shards each, so no machine holds the data set, and merges them on the
+    driver. ``progress(done, total)`` is called after each shard (each task with Ray).
+    ``stream_points=True`` (what ``ecgray reduce`` does) writes ``class_probability_points`` shard by
+    shard while reading (rows in shard order, sorted within a shard) instead of holding it, and returns
+    it as a lazy scan of the written file: then memory does not grow with the number of records beyond
+    16 bytes per record window x method x target (a hash and the value the bootstrap resamples).
+
+    Returns ``{name: DataFrame}`` for the five tables of :data:`REDUCED_TABLES` (conformed to their
+    schemas). Raises FileNotFoundError when ``output`` has no committed ``relevance_summary``, and
+    ValueError for outputs of a schema version this reducer cannot read.
+    """
+    from ecgray.io.fs import join
+
+    if n_bins < 1:
+        raise ValueError("n_bins must be >= 1")
+    shards = committed_shard_files(output)
+    if not any("relevance_summary" in f for f in shards):
+        raise FileNotFoundError(f"{output}: no committed relevance_summary shards (is it a pipeline output?)")
+    if stream_points and not write:
+        raise ValueError("stream_points=True writes the points table: it needs write=True")
+    dest = dest or join(output, "reduced")
+    opts = _storage_options(output)
+    acc = Accumulator(n_bins=n_bins, sink=PointsSink(dest) if stream_points else None)
+    try:
+        _accumulate(acc, shards, threshold=threshold, opts=opts, use_ray=use_ray, shards_per_task=shards_per_task,
+                    progress=progress)
+        frames = finish(acc, n_boot=n_boot, seed=seed)
+    except BaseException:
+        if acc.sink is not None:
+            acc.sink.discard()  # no half-written points file next to the other tables
+        raise
+    out = {name: (frames[name] if isinstance(frames[name], pl.LazyFrame) else _conformed(frames[name], name))
+           for name in REDUCED_TABLES}
     if write:
-        dest = dest or join(output, "reduced")
         for name, df in out.items():
-            _write(df, name, dest)
+            if not isinstance(df, pl.LazyFrame):  # streamed points are written already
+                _write(df, name, dest)
     return out
 
 

@@ -374,6 +374,12 @@ def test_reduce_on_s3_matches_local(out, s3_bucket_with):
         assert_frames_close(got[name], out.tables[name])
     back = R.read_reduced(uri)
     assert back is not None and back["wave_relevance"].equals(got["wave_relevance"])
+    # ecgray reduce's streamed points on S3: written while reading, moved into place
+    streamed = R.reduce(uri, n_boot=1000, seed=0, stream_points=True)
+    keys = ["method", "target", "record_id", "record_key", "window"]
+    assert streamed["class_probability_points"].collect().sort(keys).equals(
+        out.tables["class_probability_points"].sort(keys))
+    assert R.read_reduced(uri)["class_probability_points"].height == out.tables["class_probability_points"].height
     # the report writes to S3 too (reusing the reduced tables; no relevance table here)
     from ecgray.io import open_fs
     from ecgray.report import report
@@ -412,8 +418,11 @@ def test_record_in_two_shards_refused(tmp_path):
     m = json.loads((root / "_commits" / "shard=00000.json").read_text())
     m["files"] = {k: v.replace("shard=00000", "shard=00009") for k, v in m["files"].items()}
     (root / "_commits" / "shard=00009.json").write_text(json.dumps(m))
-    with pytest.raises(ValueError, match="appears in 2 committed shards"):
+    with pytest.raises(ValueError, match="more than one committed shard"):
         R.reduce(str(root), write=False)
+    with pytest.raises(ValueError, match="more than one committed shard"):
+        R.reduce(str(root), stream_points=True)
+    assert not list((root / "reduced").glob("*"))  # the streamed points file was discarded, nothing else written
 
 
 def test_reduce_on_ray_equals_local(out, ray_local):
@@ -435,3 +444,20 @@ def test_merge_moments_equals_one_pass():
     assert m["n"] == 1000
     assert m["mean"] == pytest.approx(x.mean(), rel=1e-14)
     assert m["m2"] / 999 == pytest.approx(x.var(ddof=1), rel=1e-10)
+
+
+def test_streamed_points_equal_in_memory(out, tmp_path):
+    """stream_points=True (ecgray reduce): the points table written shard by shard holds the same rows, and
+    every other table is the same."""
+    dest = tmp_path / "red"
+    got = R.reduce(str(out.root), n_boot=1000, seed=0, dest=str(dest), stream_points=True)
+    assert isinstance(got["class_probability_points"], pl.LazyFrame)
+    pts = pl.read_parquet(dest / "class_probability_points.parquet")
+    keys = ["method", "target", "record_id", "record_key", "window"]
+    assert pts.sort(keys).equals(out.tables["class_probability_points"].sort(keys))
+    assert got["class_probability_points"].collect().equals(pts)
+    for name in R.REDUCED_TABLES:
+        if name != "class_probability_points":
+            assert_frames_close(got[name], out.tables[name])
+            assert pl.read_parquet(dest / f"{name}.parquet").equals(got[name])
+    assert sorted(p.name for p in dest.iterdir()) == sorted(f"{n}.parquet" for n in R.REDUCED_TABLES)
