@@ -462,6 +462,12 @@ class Accumulator:
                 w = np.where(tot > 0, n / tot, 0.0)
             ds, dr = sm - sm0, rm - rm0
             self.beat[key] = (tot, sm0 + ds * w, s20 + s2 + ds * ds * n0 * w, rm0 + dr * w, r20 + r2 + dr * dr * n0 * w)
+        if self.shards % 64 == 0:  # one array per bin and one of hashes, not one per shard
+            for slot in self.bins.values():
+                if len(slot[2]) > 1:
+                    slot[2] = [np.concatenate(slot[2])]
+            if len(self.hashes) > 1:
+                self.hashes = [np.concatenate(self.hashes)]
         if len(self.lead) > 64:  # keep the partial lists short
             self.lead = [merge_moments(pl.concat(self.lead), ["method", "target", "group", "lead"])]
         if len(self.wave) > 64:

@@ -68,10 +68,10 @@ def env(tmp_path_factory, cpsc_dir):
         mp.setenv(k, v)
     try:
         client = s3_client(endpoint)
-        client.create_bucket(Bucket="bucket")
+        client.create_bucket(Bucket="collide")  # its own bucket: moto keeps state across servers of a process
         for p in inp.rglob("*"):  # keep the folders: site_a/A0001 and site_b/A0001 are two records
             if p.is_file():
-                client.put_object(Bucket="bucket", Key=f"in/{p.relative_to(inp)}", Body=p.read_bytes())
+                client.put_object(Bucket="collide", Key=f"in/{p.relative_to(inp)}", Body=p.read_bytes())
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": s3env})
         ray.data.DataContext.get_current().enable_progress_bars = False
@@ -148,7 +148,7 @@ def test_colliding_names_local(env):
 def test_colliding_names_s3(env):
     from ecgray.pipeline import run
 
-    s = run("s3://bucket/in/", "s3://bucket/out/", model=env["model"], methods=["saliency"], targets=TARGETS,
+    s = run("s3://collide/in/", "s3://collide/out/", model=env["model"], methods=["saliency"], targets=TARGETS,
             shard_size=2, progress=False)
     assert (s.records, s.records_ok, s.records_error) == (3, 3, 0)
-    check_output("s3://bucket/out/", reference(env))
+    check_output("s3://collide/out/", reference(env))
