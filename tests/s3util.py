@@ -21,6 +21,8 @@ Use in a test module::
 """
 from __future__ import annotations
 
+import contextlib
+
 import os
 import uuid
 from pathlib import Path
@@ -53,6 +55,34 @@ def start_moto():
     server.start()
     host, port = server.get_host_and_port()
     return server, f"http://{host}:{port}"
+
+
+@contextlib.contextmanager
+def moto_and_local_ray(bucket: str):
+    """A moto server, the AWS env pointing at it (for this process and the workers of a local Ray with 2 CPUs
+    started here) and an empty ``bucket``; yields the boto3 client. Buckets are per module: moto keeps its
+    state across the servers of one process."""
+    import ray
+    import ray.data
+
+    server, endpoint = start_moto()
+    mp = pytest.MonkeyPatch()
+    aws = {**ENV, "AWS_ENDPOINT_URL": endpoint}
+    for k in UNSET:
+        mp.delenv(k, raising=False)
+    for k, v in aws.items():
+        mp.setenv(k, v)
+    try:
+        client = s3_client(endpoint)
+        client.create_bucket(Bucket=bucket)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": aws})
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        yield client
+    finally:
+        ray.shutdown()
+        mp.undo()
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from tests.conftest import small_model
-from tests.s3util import ENV, UNSET, s3_client, start_moto
+from tests.s3util import moto_and_local_ray
 
 ray = pytest.importorskip("ray")
 
@@ -59,27 +59,11 @@ def env(tmp_path_factory, cpsc_dir):
     from ecgray.models import save_model
 
     model = str(save_model(small_model(), root / "tiny.safetensors"))
-    server, endpoint = start_moto()
-    mp = pytest.MonkeyPatch()
-    s3env = {**ENV, "AWS_ENDPOINT_URL": endpoint}
-    for k in UNSET:
-        mp.delenv(k, raising=False)
-    for k, v in s3env.items():
-        mp.setenv(k, v)
-    try:
-        client = s3_client(endpoint)
-        client.create_bucket(Bucket="collide")  # its own bucket: moto keeps state across servers of a process
+    with moto_and_local_ray("collide") as client:  # its own bucket: moto keeps state across servers of a process
         for p in inp.rglob("*"):  # keep the folders: site_a/A0001 and site_b/A0001 are two records
             if p.is_file():
                 client.put_object(Bucket="collide", Key=f"in/{p.relative_to(inp)}", Body=p.read_bytes())
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": s3env})
-        ray.data.DataContext.get_current().enable_progress_bars = False
         yield {"root": root, "input": inp, "model": model}
-    finally:
-        ray.shutdown()
-        mp.undo()
-        server.stop()
 
 
 def reference(env) -> dict[str, dict]:

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.corpus import bad_missing_signal, edit_header, write_ecg
-from tests.s3util import ENV, UNSET, s3_client, start_moto
+from tests.s3util import moto_and_local_ray
 
 ray = pytest.importorskip("ray")
 
@@ -56,24 +56,8 @@ def write(folder: Path, records, seed0: int = 0) -> None:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """moto + AWS env for this module, and a local Ray (2 CPUs) whose workers get the same env."""
-    server, endpoint = start_moto()
-    mp = pytest.MonkeyPatch()
-    aws = {**ENV, "AWS_ENDPOINT_URL": endpoint}
-    for k in UNSET:
-        mp.delenv(k, raising=False)
-    for k, v in aws.items():
-        mp.setenv(k, v)
-    try:
-        client = s3_client(endpoint)
-        client.create_bucket(Bucket="grow")
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": aws})
-        ray.data.DataContext.get_current().enable_progress_bars = False
+    with moto_and_local_ray("grow") as client:
         yield {"client": client, "root": tmp_path_factory.mktemp("grow")}
-    finally:
-        ray.shutdown()
-        mp.undo()
-        server.stop()
 
 
 def snapshot(out: Path, shards) -> dict:
