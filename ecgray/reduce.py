@@ -152,10 +152,6 @@ def scan_table(output: str, name: str) -> pl.LazyFrame | None:
     return lf.with_columns(pl.col(pl.Categorical).cast(pl.String))
 
 
-def _empty_lazy(name: str) -> pl.LazyFrame:
-    return pl.from_arrow(empty(name)).lazy()
-
-
 # ------------------------------------------------------------------------------- statistics
 def bootstrap_ci(values: Iterable[float], *, n_boot: int = 1000, rng: np.random.Generator | int = 0,
                  level: float = 0.95) -> tuple[float, float]:
@@ -189,9 +185,6 @@ def _normal_ci(mean: str, sd: str, n: str, prefix: str = "") -> list[pl.Expr]:
 
 
 # ------------------------------------------------------------------------- mergeable moments
-MOMENTS = ("n", "mean", "m2")  # count, mean, sum of squared deviations from the mean
-
-
 def merge_moments(df: pl.DataFrame, by: list[str], names: Iterable[str] = ("",)) -> pl.DataFrame:
     """Combine partial ``(n, mean, m2)`` rows that share ``by`` (Chan et al. 1979, pairwise update):
     ``n = sum n_i``, ``mean = sum n_i mean_i / n``, ``m2 = sum m2_i + n_i (mean_i - mean)^2``.

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from tests.conftest import small_model
-from tests.s3util import ENV, UNSET, s3_client, start_moto, upload_dir
+from tests.s3util import moto_and_local_ray, upload_dir
 
 ray = pytest.importorskip("ray")
 
@@ -17,26 +17,10 @@ N = 150
 @pytest.fixture(scope="module")
 def s3_ray(cpsc_dir):
     """moto server + AWS env for this module, and a local Ray whose workers get the same env."""
-    server, endpoint = start_moto()
-    mp = pytest.MonkeyPatch()
-    env = {**ENV, "AWS_ENDPOINT_URL": endpoint}
-    for k in UNSET:
-        mp.delenv(k, raising=False)
-    for k, v in env.items():
-        mp.setenv(k, v)
-    try:
-        client = s3_client(endpoint)
-        client.create_bucket(Bucket="bucket")
+    with moto_and_local_ray("bucket") as client:
         names = [f"A{i:04d}.{e}" for i in range(1, N + 1) for e in ("hea", "mat")]
         upload_dir(client, "bucket", "cpsc", cpsc_dir, names)
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": env})
-        ray.data.DataContext.get_current().enable_progress_bars = False
         yield client
-    finally:
-        ray.shutdown()
-        mp.undo()
-        server.stop()
 
 
 @pytest.mark.slow
