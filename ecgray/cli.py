@@ -135,6 +135,7 @@ def catalog(
 ) -> None:
     """List the records under PATH (headers only, no signals)."""
     from .io import catalog as build_catalog
+    from .io.catalog import skipped_files
 
     t0 = time.perf_counter()
     try:
@@ -163,7 +164,10 @@ def catalog(
     label_cols = [c for c in df.columns if c.startswith("label_") and c != "label_scheme"]
     if ok.height and label_cols:
         counts = ok.select([pl.col(c).cast(pl.Int64).sum().alias(c[6:]) for c in label_cols])
-        console.print("labels: " + ", ".join(f"{k} {v}" for k, v in counts.row(0, named=True).items()))
+        n_unlabelled = ok.filter(pl.col("label_normal").is_null()).height if "label_normal" in ok.columns else 0
+        console.print("labels: " + ", ".join(f"{k} {v}" for k, v in counts.row(0, named=True).items())
+                      + (f"; unlabelled {n_unlabelled}" if n_unlabelled else ""), highlight=False)
+    _print_skipped(skipped_files(tbl))
     if n_bad:
         for row in df.filter(pl.col("error").is_not_null()).head(20).iter_rows(named=True):
             err_console.print(f"[yellow]unreadable:[/] {row['error']}", highlight=False, soft_wrap=True)
@@ -296,14 +300,30 @@ def _print_probabilities(recs, classes) -> None:
         console.print(f"... {recs.num_rows - 30} more rows; bold = labelled positive")
 
 
+def _print_skipped(skipped: list[dict], limit: int = 10) -> None:
+    """One line naming the files the catalog skipped (hidden, not records), at most ``limit`` names."""
+    if not skipped:
+        return
+    hidden = [x["path"] for x in skipped if x["reason"] == "hidden"]
+    other = [x["path"] for x in skipped if x["reason"] != "hidden"]
+    names = (hidden + other)[:limit]
+    more = len(skipped) - len(names)
+    console.print(f"skipped {len(skipped)} file(s): {len(hidden)} hidden, {len(other)} not records: "
+                  + ", ".join(names) + (f", ... {more} more (ecgray catalog -o FILE lists them all in its "
+                                        "metadata)" if more else ""), highlight=False, soft_wrap=True)
+
+
 def _expand(items: list[str]) -> list[str]:
-    """Folders and s3 prefixes -> the URIs of the records they hold (via the catalog)."""
+    """Folders, s3 prefixes and multi-exam HDF5 files named without ``#row`` -> the URIs of the records
+    they hold (via the catalog, as ``ecgray catalog`` and ``ecgray run`` list them)."""
     from .io import catalog as build_catalog
+    from .io.record import is_hdf5
 
     uris: list[str] = []
     for item in items:
         p = Path(item)
-        if item.endswith("/") or (not item.startswith("s3://") and p.is_dir()):
+        whole_hdf5 = is_hdf5(item) and "#" not in item
+        if item.endswith("/") or whole_hdf5 or (not item.startswith("s3://") and p.is_dir()):
             try:
                 uris.extend(build_catalog(item).column("uri").to_pylist())
             except Exception as exc:  # noqa: BLE001

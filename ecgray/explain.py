@@ -88,7 +88,7 @@ def prepare(uri: str, *, run_id: str, labels_csv: str | None = None, policy: str
 
 def _id_from_uri(uri: str) -> str:
     name = str(uri).rstrip("/").rsplit("/", 1)[-1]
-    for ext in (".hea", ".mat", ".dat", ".hdf5", ".h5"):
+    for ext in (".hea", ".mat", ".dat", ".hdf5", ".h5", ".edf"):
         if name.endswith(ext):
             name = name[: -len(ext)]
     return name or str(uri)
@@ -109,19 +109,22 @@ class ExplainConfig:
 
 
 def records_table(run_id: str, cfg: ExplainConfig, items: list[tuple[object, object]], probs: np.ndarray) -> pa.Table:
-    """The ``records`` table of ``(record, window)`` pairs with the model's probabilities ``probs (N, C)``."""
+    """The ``records`` table of ``(record, window)`` pairs with the model's probabilities ``probs (N, C)``.
+    A record without labels (scheme ``"none"``: no ``#Dx`` and no labels CSV row) gets null ``label_*``."""
     rows = []
     for (rec, w), p in zip(items, probs):
         lab = rec.labels
+        known = lab.scheme != "none"  # scheme "none" (no labels at all, e.g. MIMIC-IV-ECG): labels null, not False
         row = {
             "run_id": run_id, "model": cfg.model_name, "model_id": cfg.model_id,
             "record_key": key_of(rec), "record_id": rec.record_id, "window": int(w.window), "uri": rec.uri,
             "dataset": rec.dataset, "format": rec.format, "fs_in": float(rec.fs),
             "n_samples_in": int(rec.signal.shape[0]), "window_offset": int(w.offset), "flags": list(w.flags),
-            "label_normal": bool(lab.normal), "raw_codes": list(lab.raw), "label_scheme": lab.scheme,
+            "label_normal": bool(lab.normal) if known else None, "raw_codes": list(lab.raw),
+            "label_scheme": lab.scheme,
         }
         for c in CLASSES:
-            row[f"label_{c}"] = bool(lab.classes.get(c, False))
+            row[f"label_{c}"] = bool(lab.classes.get(c, False)) if known else None
         for i, c in enumerate(CLASSES):
             row[f"prob_{c}"] = float(p[i]) if i < len(p) else None
         rows.append(row)

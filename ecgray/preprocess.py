@@ -9,7 +9,11 @@ Steps and policies (in this order):
    ``MLII``, which is not a standard lead II) is unknown. Two leads that
    map to the same model lead -> :class:`LeadError` ``duplicate_leads``; a
    model lead not present -> ``missing_leads``; unknown leads in addition to
-   the 12 are dropped and flagged ``extra_leads_dropped``.
+   the 12 are dropped and flagged ``extra_leads_dropped`` -- whatever their units
+   (a RESP channel in ``NU``, blood pressure in ``mmHg``). A *needed* lead the reader
+   could not give in mV (:attr:`ecgray.io.Record.bad_channels`) -> ``bad_units`` /
+   ``bad_gain`` naming the lead (:func:`check_channels`). The reader's flags
+   (``multi_frequency``) come first in the window's flags.
 2. **Quality checks** on the 12 leads of the record as read (before
    resampling), :class:`SignalError` with error_type:
    ``bad_fs`` (fs not finite or <= 0), ``too_short`` (fewer than
@@ -94,8 +98,9 @@ class Prepared:
 
 
 def canonical_lead(name: str) -> str | None:
-    """Model lead name for a file's lead name, None if unknown (see module docstring)."""
-    s = re.sub(r"^\s*lead[\s_-]*", "", str(name), flags=re.IGNORECASE)
+    """Model lead name for a file's lead name, None if unknown (see module docstring); a leading ``ECG``/``EKG``
+    word (EDF labels: ``ECG I``, ``EKG V1``, ``ECG Lead II``) is ignored like ``Lead`` (``ECG1`` stays unknown)."""
+    s = re.sub(r"^\s*(?:(?:ecg|ekg)[\s_-]+)?(?:lead[\s_-]*)?", "", str(name), flags=re.IGNORECASE)
     s = re.sub(r"\s+", "", s).upper()
     return _ALIASES.get(s)
 
@@ -127,6 +132,28 @@ def reorder_leads(signal: np.ndarray, leads: Sequence[str], *,
     order = [canon.index(lead) for lead in LEADS]
     flags = ("extra_leads_dropped",) if len(leads) > len(LEADS) else ()
     return signal[:, order], flags
+
+
+def lead_order(leads: Sequence[str]) -> list[int]:
+    """Indices of the model's leads among ``leads`` (after :func:`reorder_leads` accepted them)."""
+    canon = [canonical_lead(n) for n in leads]
+    return [canon.index(lead) for lead in LEADS]
+
+
+def check_channels(rec) -> None:
+    """Raise the reader's error for a channel the model needs that is not usable in mV
+    (:attr:`ecgray.io.Record.bad_channels`: ``bad_units``, ``bad_gain``), naming the lead; a bad
+    channel the model does not need is dropped with the other extra channels."""
+    bad = getattr(rec, "bad_channels", None) or {}
+    if not bad:
+        return
+    hits = [(i, bad[i]) for i in lead_order(rec.leads) if i in bad]
+    if hits:
+        kind = hits[0][1][0]
+        reasons = [r for _, (k, r) in hits if k == kind]
+        more = f" (and {len(reasons) - 3} more)" if len(reasons) > 3 else ""
+        what = "a lead the model needs is" if len(reasons) == 1 else f"{len(reasons)} leads the model needs are"
+        raise LeadError(rec.record_id, f"{what} not usable in mV: {'; '.join(reasons[:3])}{more}", error_type=kind)
 
 
 def resample_factors(fs_in: float, fs_out: float = FS) -> tuple[int, int]:
@@ -257,6 +284,8 @@ def preprocess(rec, *, policy: str = "first", stride_s: float | None = None,
         raise ValueError(f"max_windows must be >= 1, got {max_windows!r}")
     rid = rec.record_id
     signal, flags = reorder_leads(rec.signal, rec.leads, record_id=rid)
+    check_channels(rec)
+    flags = tuple(getattr(rec, "flags", ()) or ()) + flags
     flags += check_signal(signal, rec.fs, record_id=rid)
     up, down = resample_factors(float(rec.fs))
     if up != down:

@@ -29,8 +29,17 @@ Definitions
   windows counts once per window. ``record_key`` (the path relative to the input
   root) tells records that share a ``record_id`` apart; a record whose rows
   appear in two committed shards is refused (it would be counted twice).
-* *group* of a record for a target class: ``"positive"`` if ``label_<target>``,
-  else ``"normal"`` if ``label_normal``, else ``"other"`` (including unknown labels).
+* *group* of a record for a target class (:data:`GROUPS`): for a record whose
+  ``label_<target>`` is known, ``"positive"`` if it is true, else ``"normal"`` if
+  ``label_normal``, else ``"other"``. For a record whose ``label_<target>`` is null
+  (an unlabelled record: scheme ``"none"``, no ``#Dx`` and no labels CSV row, e.g.
+  MIMIC-IV-ECG), ``"unlabelled_predicted_positive"`` if its ``records.prob_<target>``
+  is >= ``threshold``, else ``"unlabelled_predicted_negative"`` (also when that
+  probability is null). The two partition the unlabelled records, so the tables
+  compare predicted positive with predicted negative for unlabelled data as they
+  compare labelled-with-the-class with normal for labelled data. The group does
+  not depend on the method. A ``relevance_summary`` row without a ``records`` row
+  is ``"other"``.
 * *record relevance* (``relevance_sum``): the sum over the 12 leads of
   ``relevance_summary.sum``, i.e. the record's total relevance for the target
   (for a complete method: output minus baseline output, up to ``delta``).
@@ -38,7 +47,7 @@ Definitions
 * *probability*: ``relevance_summary.probability`` (the model's probability of
   the target), falling back to ``records.prob_<target>``; *predicted* =
   probability >= ``threshold``; *outcome* TP/FP/FN/TN against ``label_<target>``
-  (null when the label is unknown).
+  (null when the label is unknown, i.e. for both ``unlabelled_*`` groups).
 * *probability bins*: ``n_bins`` equal bins on [0, 1]; bin ``k`` holds
   ``k/n_bins <= p < (k+1)/n_bins``, the last bin also holds ``p == 1``.
 * CIs are 95 %: ``class_probability`` uses a percentile bootstrap of the mean
@@ -76,7 +85,10 @@ import polars as pl
 from schemas.tables import CLASSES, LEADS, READABLE_VERSIONS, conform, empty
 
 WAVES: dict[str, tuple[float, float]] = {"P": (-250.0, -100.0), "QRS": (-50.0, 60.0), "T": (120.0, 400.0)}
-GROUPS = ("positive", "normal", "other")
+#: groups of labelled records, then of unlabelled ones (null ``label_<target>``; split by the predicted class)
+LABELLED_GROUPS = ("positive", "normal", "other")
+UNLABELLED_GROUPS = ("unlabelled_predicted_positive", "unlabelled_predicted_negative")
+GROUPS = LABELLED_GROUPS + UNLABELLED_GROUPS
 OUTCOMES = ("TP", "FP", "FN", "TN")
 REDUCED_TABLES = ("class_probability", "class_probability_points", "lead_relevance", "beat_relevance",
                   "wave_relevance")
@@ -224,21 +236,31 @@ def _moments_np(x: np.ndarray, valid: np.ndarray, starts: np.ndarray):
 
 
 # --------------------------------------------------------------------------------- per shard
-def record_groups(records: pl.DataFrame | pl.LazyFrame, targets: Iterable[str] = CLASSES):
-    """Long records: record_key, window, target, label, label_normal, rec_probability, group."""
+def record_groups(records: pl.DataFrame | pl.LazyFrame, targets: Iterable[str] = CLASSES, *, threshold: float = 0.5):
+    """Long records: record_key, window, target, label, label_normal, rec_probability, group (the module
+    docstring's definition; unlabelled records are split at ``threshold`` by ``rec_probability``)."""
     cols = set(records.collect_schema().names())
+    # label_scheme "none" (no labels at all) is unlabelled even where an older output stored False
+    none = (pl.col("label_scheme") == "none").fill_null(False) if "label_scheme" in cols else pl.lit(False)
+
+    def known(col: str):
+        return pl.when(none).then(pl.lit(None, pl.Boolean)).otherwise(pl.col(col)) if col in cols \
+            else pl.lit(None, pl.Boolean)
+
     parts = []
     for c in targets:
         parts.append(records.select(
             pl.col("record_key"), pl.col("window"), pl.lit(c, pl.String).alias("target"),
-            (pl.col(f"label_{c}") if f"label_{c}" in cols else pl.lit(None, pl.Boolean)).alias("label"),
-            (pl.col("label_normal") if "label_normal" in cols else pl.lit(None, pl.Boolean)).alias("label_normal"),
+            known(f"label_{c}").alias("label"), known("label_normal").alias("label_normal"),
             (pl.col(f"prob_{c}").cast(pl.Float64) if f"prob_{c}" in cols else pl.lit(None, pl.Float64))
             .alias("rec_probability"),
         ))
     long = pl.concat(parts, how="vertical")
     return long.with_columns(
-        pl.when(pl.col("label")).then(pl.lit("positive"))
+        pl.when(pl.col("label").is_null())
+        .then(pl.when(pl.col("rec_probability") >= threshold).then(pl.lit(UNLABELLED_GROUPS[0]))
+              .otherwise(pl.lit(UNLABELLED_GROUPS[1])))
+        .when(pl.col("label")).then(pl.lit("positive"))
         .when(pl.col("label_normal")).then(pl.lit("normal"))
         .otherwise(pl.lit("other")).alias("group"))
 
@@ -348,7 +370,7 @@ def shard_partial(files: dict[str, str], *, threshold: float = 0.5, storage_opti
     (moments per method x target x group x lead [x wave]) and ``beat`` (moment arrays per key).
     A record's rows all live in its shard, so groups are joined within the shard."""
     records = _read(files["records"], storage_options) if "records" in files else pl.from_arrow(empty("records"))
-    groups = record_groups(records)
+    groups = record_groups(records, threshold=threshold)
     out: dict = {"points": None, "lead": None, "wave": None, "beat": {}}
     if "relevance_summary" in files:
         summary = _read(files["relevance_summary"], storage_options)
@@ -650,7 +672,8 @@ def reduce(output: str, *, threshold: float = 0.5, n_bins: int = 10, n_boot: int
     (default ``<output>/reduced``) as ``<name>.parquet`` unless ``write=False``.
 
     Streams: each committed shard is read on its own and turned into small mergeable partials
-    (:func:`shard_partial`) that are merged as they come (:class:`Accumulator`); memory is bounded
+    (:func:`shard_partial`) that are merged as they come (:class:`Accumulator`). ``threshold`` decides
+    ``predicted`` and splits unlabelled records into the two ``unlabelled_predicted_*`` groups. Memory is bounded
     by the number of groups (plus one small row per record for ``class_probability_points``), time
     is linear in the number of shards. ``use_ray=True`` computes the partials in Ray tasks of
     ``shards_per_task`` shards each, so no machine holds the data set, and merges them on the
@@ -716,8 +739,9 @@ def _sql_list(files: list[str]) -> str:
     return "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
 
 
-def duckdb_lead_relevance_sql(output: str) -> str:
-    """DuckDB SQL computing ``lead_relevance`` (without the schema cast) from the committed files.
+def duckdb_lead_relevance_sql(output: str, *, threshold: float = 0.5) -> str:
+    """DuckDB SQL computing ``lead_relevance`` (without the schema cast) from the committed files;
+    ``threshold`` splits the unlabelled records as in :func:`reduce`.
 
     Reads the same Parquet files as :func:`reduce` (``read_parquet([...],
     hive_partitioning=true)``); for ``s3://`` outputs DuckDB needs ``httpfs``
@@ -731,18 +755,26 @@ def duckdb_lead_relevance_sql(output: str) -> str:
     if recs:
         src_r = f"read_parquet({_sql_list(recs)}, hive_partitioning=true)"
         rec = "\n    UNION ALL ".join(
-            f"SELECT record_key, \"window\", '{c}' AS target, \"label_{c}\" AS label, label_normal FROM {src_r}"
+            f"SELECT record_key, \"window\", '{c}' AS target, CASE WHEN label_scheme = 'none' THEN NULL "
+            f"ELSE \"label_{c}\" END AS label, CASE WHEN label_scheme = 'none' THEN NULL ELSE label_normal END "
+            "AS label_normal, "
+            f"CAST(\"prob_{c}\" AS DOUBLE) AS prob, true AS present FROM {src_r}"
             for c in CLASSES)
     else:
         rec = "SELECT NULL::VARCHAR AS record_key, NULL::INTEGER AS \"window\", NULL::VARCHAR AS target, " \
-              "NULL::BOOLEAN AS label, NULL::BOOLEAN AS label_normal WHERE false"
+              "NULL::BOOLEAN AS label, NULL::BOOLEAN AS label_normal, NULL::DOUBLE AS prob, " \
+              "NULL::BOOLEAN AS present WHERE false"
+    thr = repr(float(threshold))
+    pos, neg = UNLABELLED_GROUPS
     return f"""
 WITH rec AS (
     {rec}
 ),
 j AS (
     SELECT s.method, s.target, s.lead, CAST(s."sum" AS DOUBLE) AS rel,
-           CASE WHEN r.label THEN 'positive' WHEN r.label_normal THEN 'normal' ELSE 'other' END AS grp,
+           CASE WHEN r.present IS NULL THEN 'other'
+                WHEN r.label IS NULL THEN CASE WHEN r.prob >= {thr} THEN '{pos}' ELSE '{neg}' END
+                WHEN r.label THEN 'positive' WHEN r.label_normal THEN 'normal' ELSE 'other' END AS grp,
            CASE WHEN sum(CAST(s.abs_sum AS DOUBLE)) OVER w > 0
                 THEN CAST(s.abs_sum AS DOUBLE) / sum(CAST(s.abs_sum AS DOUBLE)) OVER w END AS share
     FROM {src_s} AS s

@@ -51,6 +51,8 @@ TABLES: dict[str, pa.Schema] = {
             pa.field("window_offset", pa.int64(), nullable=False),
             pa.field("flags", pa.list_(pa.string())),
         ]
+        # label_* / label_normal: null when the record has no labels at all (label_scheme "none": no #Dx
+        # and no labels CSV row, e.g. MIMIC-IV-ECG), never False for "unknown"
         + [pa.field(f"label_{c}", pa.bool_()) for c in CLASSES]
         + [
             pa.field("label_normal", pa.bool_()),
@@ -135,12 +137,15 @@ TABLES: dict[str, pa.Schema] = {
 # --------------------------------------------------------------------------------------------
 # Reduced tables (``ecgray.reduce``: ``<output>/reduced/<name>.parquet``), one file each.
 # A "record" below is one record window (record_key, window). The group of a record for a
-# target is "positive" (label_<target>), "normal" (label_normal) or "other" (neither, or
-# labels unknown). CIs are 95 %.
+# target (ecgray.reduce.GROUPS): with label_<target> known, "positive" (label_<target>), "normal"
+# (label_normal) or "other" (neither); with label_<target> null (an unlabelled record),
+# "unlabelled_predicted_positive" (records.prob_<target> >= the reduce's threshold) or
+# "unlabelled_predicted_negative" (below it, or null). CIs are 95 %.
 _reduced_key = [
     pa.field("method", pa.string(), nullable=False),
     pa.field("target", pa.string(), nullable=False),
-    pa.field("group", pa.string(), nullable=False),  # "positive" | "normal" | "other"
+    # "positive" | "normal" | "other" | "unlabelled_predicted_positive" | "unlabelled_predicted_negative"
+    pa.field("group", pa.string(), nullable=False),
 ]
 TABLES.update({
     # One row per record x method x target: relevance_sum = sum over leads of relevance_summary.sum

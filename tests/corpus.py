@@ -123,6 +123,59 @@ def bad_nan(folder: Path, name: str, seed: int = 0) -> Path:
     return write_digital(folder, name, d, fs=500)
 
 
+def write_extra_channel(folder: Path, name: str, *, units: str = "NU", label: str = "RESP", seed: int = 0,
+                        leads: list[str] = LEADS12) -> Path:
+    """``leads`` plus one non-ECG channel (``label`` in ``units``, e.g. a respiration belt in ``NU``)."""
+    d = digital(ecg_mv(5000, 500, seed=seed, n_leads=len(leads)))
+    resp = np.round(2000 * np.sin(2 * np.pi * 0.25 * np.arange(5000) / 500)).astype(np.int16)[:, None]
+    folder.mkdir(parents=True, exist_ok=True)
+    n = len(leads) + 1
+    wfdb.wrsamp(name, fs=500, units=["mV"] * len(leads) + [units], sig_name=list(leads) + [label],
+                d_signal=np.concatenate([d, resp], axis=1), fmt=["16"] * n, adc_gain=[GAIN] * n, baseline=[0] * n,
+                comments=["Dx: 426783006"], write_dir=str(folder))
+    return folder / name
+
+
+def write_multi_frequency(folder: Path, name: str, *, seed: int = 0, fs_frame: float = 250.0,
+                          seconds: float = 10.0, spf_leads: int = 2, spf_resp: int = 1) -> Path:
+    """12 leads at ``spf_leads`` samples per frame (``spf_leads x fs_frame``) + a RESP channel at
+    ``spf_resp`` samples per frame (``NU``)."""
+    n = int(round(seconds * fs_frame))
+    ecg = digital(ecg_mv(spf_leads * n, spf_leads * fs_frame, seed=seed))
+    t = np.arange(spf_resp * n) / (spf_resp * fs_frame)
+    resp = np.round(2000 * np.sin(2 * np.pi * 0.25 * t)).astype(np.int64)
+    e_d = [ecg[:, i].astype(np.int64) for i in range(12)] + [resp]
+    spf = [spf_leads] * 12 + [spf_resp]
+    rec = wfdb.Record(record_name=name, n_sig=13, fs=fs_frame, sig_len=n, file_name=[f"{name}.dat"] * 13,
+                      fmt=["16"] * 13, samps_per_frame=spf, units=["mV"] * 12 + ["NU"], sig_name=LEADS12 + ["RESP"],
+                      adc_gain=[GAIN] * 13, baseline=[0] * 13, adc_zero=[0] * 13, adc_res=[16] * 13,
+                      block_size=[0] * 13, e_d_signal=e_d, comments=["Dx: 426783006"])
+    rec.set_d_features(expanded=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    rec.wrsamp(expanded=True, write_dir=str(folder))
+    return folder / name
+
+
+def write_multi_segment(folder: Path, name: str, *, seed: int = 0, layout: str = "fixed",
+                        seg_seconds: tuple[float, ...] = (6.0, 6.0)) -> Path:
+    """A multi-segment record ``name`` of segments ``<name>_1``, ``<name>_2``, ... (500 Hz, 12 leads); with
+    ``layout="variable"`` a layout header ``<name>_layout`` (length 0) comes first."""
+    segs = []
+    for k, sec in enumerate(seg_seconds, 1):
+        write_ecg(folder, f"{name}_{k}", seconds=sec, seed=seed + k)
+        segs.append((f"{name}_{k}", int(round(sec * 500))))
+    lines = []
+    if layout == "variable":
+        (folder / f"{name}_layout.hea").write_text(
+            f"{name}_layout 12 500 0\n" + "".join(f"~ 0 {GAIN}(0)/mV 16 0 0 0 0 {lead}\n" for lead in LEADS12))
+        lines.append(f"{name}_layout 0")
+    lines += [f"{s} {n}" for s, n in segs]
+    total = sum(n for _, n in segs)
+    (folder / f"{name}.hea").write_text(f"{name}/{len(lines)} 12 500 {total}\n" + "\n".join(lines)
+                                        + "\n#Dx: 426783006\n")
+    return folder / name
+
+
 SOAK_BAD = {  # writer -> (stage, error_type)
     "truncated": (bad_truncated_dat, "read", "truncated"),
     "missing_signal_file": (bad_missing_signal, "read", "missing_signal_file"),
@@ -177,6 +230,22 @@ def build_corpus(root: Path) -> list[Case]:
     write_ecg(root, "lower_case_leads", leads=[n.lower() for n in LEADS12], seed=62)
     ok("lead names in another spelling (i, ii, avr, ...)", "lower_case_leads", ("resampled", "padded"), 5000)
 
+    write_extra_channel(root, "resp_extra", seed=63)
+    ok("12 leads + a respiration channel in NU (not a voltage)", "resp_extra",
+       ("extra_leads_dropped", "resampled", "padded"), 5000)
+    write_extra_channel(root, "abp_extra", units="mmHg", label="ABP", seed=64)
+    ok("12 leads + blood pressure in mmHg", "abp_extra", ("extra_leads_dropped", "resampled", "padded"), 5000)
+    write_ecg(root, "ЭКГ_ü_✓", seed=65)
+    ok("a non-ASCII record name (ЭКГ_ü_✓.hea, .dat)", "ЭКГ_ü_✓", ("resampled", "padded"), 5000)
+    write_multi_frequency(root, "multi_freq", seed=66)
+    ok("multi-frequency: 12 leads at 2 samples/frame (500 Hz), RESP at 1 (250 Hz)", "multi_freq",
+       ("multi_frequency", "extra_leads_dropped", "resampled", "padded"), 5000)
+    write_multi_segment(root, "multi_seg", seed=67)
+    ok("multi-segment record (2 segments of 6 s, fixed layout)", "multi_seg", ("resampled", "cropped"), 6000)
+    write_multi_segment(root, "multi_var", seed=68, layout="variable", seg_seconds=(4.0, 5.0))
+    ok("multi-segment record, variable layout (layout header + 2 segments)", "multi_var", ("resampled", "padded"),
+       4500)
+
     # -- read errors ----------------------------------------------------------------------
     bad_truncated_dat(root, "trunc_dat", seed=70)
     err("truncated .dat", "trunc_dat", "read", "truncated")
@@ -205,7 +274,7 @@ def build_corpus(root: Path) -> list[Case]:
     base = write_ecg(root, "gain_zero", seed=78)
     edit_header(base, lambda ls: [ls[0]] + [ln.replace("1000.0(0)/mV", "0(0)/mV", 1) if i == 2 else ln
                                             for i, ln in enumerate(ls[1:])])
-    err("ADC gain 0", "gain_zero", "read", "bad_gain")
+    err("ADC gain 0 on lead III (a lead the model needs)", "gain_zero", "preprocess", "bad_gain")
     base = write_ecg(root, "traversal_header", seed=79)
     # a valid signal file one folder up: following the header's path would read it without complaint
     shutil.copy(base.with_suffix(".dat"), root.parent / "outside.dat")
@@ -213,7 +282,7 @@ def build_corpus(root: Path) -> list[Case]:
     err("header naming a signal file outside its folder (../outside.dat)", "traversal_header", "read", "bad_header")
     base = write_ecg(root, "bad_units", seed=80)
     edit_header(base, lambda ls: [ls[0]] + [ln.replace("/mV", "/mmHg") for ln in ls[1:]])
-    err("units that are not a voltage (mmHg)", "bad_units", "read", "bad_units")
+    err("units that are not a voltage (mmHg) on the 12 leads", "bad_units", "preprocess", "bad_units")
     base = write_ecg(root, "fs_zero", seed=81)
     edit_header(base, lambda ls: ["fs_zero 12 0 5000"] + ls[1:])
     err("sampling frequency 0 in the header", "fs_zero", "preprocess", "bad_fs")
@@ -222,6 +291,21 @@ def build_corpus(root: Path) -> list[Case]:
     err("a directory named like a header (dir_not_record.hea/)", "dir_not_record", "read", "not_a_record")
     (root / "not_hdf5.hdf5").write_bytes(b"this is a text file with an .hdf5 name\n")
     err("a .hdf5 file that is not HDF5", "not_hdf5", "read", "bad_hdf5")
+    # a header that fails its checks and names signal files of other names: one error row, no phantom
+    # "header-less" records for its signal files
+    base = write_extra_channel(root, "mixedsignals", seed=83)
+    for ext in ("_e", "_p"):
+        shutil.copy(base.with_suffix(".dat"), root / f"mixedsignals{ext}.dat")
+    base.with_suffix(".dat").unlink()
+    edit_header(base, lambda ls: [ls[0]] + [ln.replace("mixedsignals.dat 16", "mixedsignals_e.dat 16", 1)
+                                            if i < 12 else ln.replace("mixedsignals.dat 16", "mixedsignals_p.dat 999")
+                                            for i, ln in enumerate(ls[1:])])
+    err("header failing its checks (format 999) that names mixedsignals_e.dat, _p.dat", "mixedsignals", "read",
+        "unsupported_format")
+    base = write_multi_segment(root, "seg_missing", seed=84)
+    (root / "seg_missing_2.hea").unlink()
+    (root / "seg_missing_2.dat").rename(root / "seg_missing_2.dat.bak")  # keep no orphan signal file around
+    err("multi-segment record whose second segment header is missing", "seg_missing", "read", "missing_header")
     base = write_mat(root, "orphan_mat", digital(ecg_mv(5000, 500, seed=82)))
     base.with_suffix(".hea").unlink()
     err("a signal file (.mat) whose header is missing", "orphan_mat", "read", "missing_header")
@@ -229,6 +313,10 @@ def build_corpus(root: Path) -> list[Case]:
     # -- preprocess errors ----------------------------------------------------------------
     write_ecg(root, "leads_8", leads=["I", "II", "V1", "V2", "V3", "V4", "V5", "V6"], seed=90)
     err("8 leads (I, II, V1-V6)", "leads_8", "preprocess", "missing_leads")
+    write_extra_channel(root, "leads_8_bp", units="mmHg", label="BP", leads=["I", "II", "V1", "V2", "V3", "V4",
+                                                                              "V5", "V6"], seed=98)
+    err("8 leads + a mmHg channel (missing leads is the error, not the units)", "leads_8_bp", "preprocess",
+        "missing_leads")
     write_ecg(root, "unknown_leads", leads=[f"ch{i}" for i in range(1, 13)], seed=91)
     err("12 unknown lead names (ch1..ch12)", "unknown_leads", "preprocess", "missing_leads")
     base = write_ecg(root, "dup_leads", seed=92)
@@ -264,6 +352,13 @@ def build_corpus(root: Path) -> list[Case]:
                       "ignored"))
     write_ecg(root / ".trash", "rec_in_hidden_folder", seed=99)
     cases.append(Case("a record inside a hidden folder (.trash/)", "rec_in_hidden_folder", "ignored"))
+    dotted = "..%2F..%2Fetc%2Fpasswd"  # a legal file name; wfdb.wrsamp refuses '.' in names: rename
+    base = write_ecg(root, "dotted_name", seed=100)
+    edit_header(base, lambda ls: [ln.replace("dotted_name", dotted) for ln in ls])
+    base.with_suffix(".hea").rename(root / f"{dotted}.hea")
+    base.with_suffix(".dat").rename(root / f"{dotted}.dat")
+    cases.append(Case("a record whose name starts with '.' (..%2F..%2Fetc%2Fpasswd.hea): hidden, skipped and named",
+                      "..%2F..%2Fetc%2Fpasswd", "ignored"))
     return cases
 
 
@@ -283,4 +378,5 @@ def files_of(root: Path) -> dict[str, Path]:
 
 
 __all__ = ["Case", "build_corpus", "write_ecg", "write_digital", "write_mat", "write_code15", "SOAK_BAD",
+           "write_extra_channel", "write_multi_frequency", "write_multi_segment",
            "ecg_mv", "digital", "files_of", "copy_corpus"]

@@ -120,6 +120,20 @@ def test_corpus_local_run(corpus, stack):
     assert "['DIII', 'AVR', 'AVL', 'AVF']" in rows["leads_8"]["message"]
     assert "unknown leads" in rows["unknown_leads"]["message"]
     assert "truncated" in rows["trunc_mat"]["message"] and "trunc_mat.mat" in rows["trunc_mat"]["message"]
+    # skipped files are named, in the run summary and the manifest: hidden ones and non-records
+    import json
+
+    skipped = {x["path"]: x["reason"] for x in s.skipped}
+    manifest = json.loads((stack["root"] / "out_local" / "_manifest.json").read_text())
+    assert {x["path"]: x["reason"] for x in manifest["skipped"]} == skipped
+    assert skipped["..%2F..%2Fetc%2Fpasswd.hea"] == "hidden" and skipped[".trash"] == "hidden"
+    assert skipped["docs/README.txt"] == skipped["labels_notes.csv"] == "not_a_record"
+    assert not any(p.startswith(".trash/") for p in skipped)  # a hidden folder once, not file by file
+    # messages for the cases of issue 14
+    assert "2 signal" not in rows["mixedsignals"]["message"] and "format '999'" in rows["mixedsignals"]["message"]
+    assert "segment header" in rows["seg_missing"]["message"] and "seg_missing_2.hea" in rows["seg_missing"]["message"]
+    assert "missing leads" in rows["leads_8_bp"]["message"] and "'BP'" in rows["leads_8_bp"]["message"]
+    assert "signal III" in rows["gain_zero"]["message"] and "'mmHg'" in rows["bad_units"]["message"]
     # ../outside.dat is a valid signal file: the header was refused, not followed
     assert (root.parent / "outside.dat").stat().st_size == 120000
 

@@ -1,4 +1,5 @@
 """The command line, driven as a user would (typer's CliRunner, real files)."""
+import numpy as np
 import polars as pl
 import pytest
 from typer.testing import CliRunner
@@ -40,6 +41,40 @@ def test_explain_writes_parquet(cpsc_dir, code15_dir, tiny_weights, tmp_path):
     assert "skipped missing" in res.output
     recs = pl.read_parquet(tmp_path / "rel.records.parquet")
     assert recs.height == 2
+
+
+def test_explain_multi_exam_hdf5_like_catalog(code15_dir, tiny_weights, tmp_path):
+    """``explain file.hdf5`` (no ``#row``) explains every exam, as ``catalog`` and ``run`` list them."""
+    import h5py
+
+    from ecgray.io import catalog
+
+    x = h5py.File(code15_dir / "pacient_2.hdf5", "r")["tracings"][()].reshape(-1, 4096, 12)
+    multi = tmp_path / "three exams.hdf5"  # a name with a space
+    with h5py.File(multi, "w") as f:
+        f.create_dataset("tracings", data=np.concatenate([x, x * 0.5, x * 2.0]))
+        f.create_dataset("exam_id", data=np.array([11, 12, 13]))
+    out = tmp_path / "multi.parquet"
+    res = runner.invoke(app, ["explain", str(multi), "--model", str(tiny_weights), "--method", "saliency",
+                              "-t", "AF", "--summary-only", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    recs = pl.read_parquet(tmp_path / "multi.records.parquet")
+    assert sorted(recs["record_id"].to_list()) == ["11", "12", "13"]
+    assert sorted(recs["uri"].to_list()) == sorted(catalog(str(multi)).column("uri").to_pylist())
+    assert not (tmp_path / "multi.errors.parquet").exists()
+
+
+def test_catalog_names_skipped_files(tmp_path, cpsc_dir):
+    import shutil
+
+    for ext in (".hea", ".mat"):
+        shutil.copy(cpsc_dir / f"A0001{ext}", tmp_path / f"A0001{ext}")
+    (tmp_path / ".DS_Store").write_bytes(b"\0")
+    (tmp_path / "notes.txt").write_text("x")
+    res = runner.invoke(app, ["catalog", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "1 records" in res.output
+    assert "skipped 2 file(s): 1 hidden, 1 not records: .DS_Store, notes.txt" in " ".join(res.output.split())
 
 
 @pytest.mark.parametrize(

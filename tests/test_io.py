@@ -14,6 +14,7 @@ import wfdb
 from ecgray.errors import ECGError, LabelError, ReadError
 from ecgray.io import CATALOG_SCHEMA, Labels, Record, catalog, read_record
 from ecgray.models.ribeiro2020 import CLASSES, LEADS
+from ecgray.preprocess import preprocess
 
 LEAD_NAMES = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
 CPSC_NAMES = {"1": "Normal", "2": "AF", "3": "I-AVB", "4": "LBBB", "5": "RBBB", "6": "PAC", "7": "PVC",
@@ -222,7 +223,8 @@ def test_hdf5_multi_exam(tmp_path):
     assert class_set(read_record(f"{p}#3", labels_csv=str(lab)).labels) == {"1dAVb"}
     assert read_record(f"{p}#1", labels_csv=str(lab)).labels.normal
     tbl = catalog(str(tmp_path), labels_csv=str(lab))
-    assert tbl.column("label_1dAVb").to_pylist() == [False, False, False, True, False]
+    # exams the CSV does not list have no labels: null, not False
+    assert tbl.column("label_1dAVb").to_pylist() == [None, False, None, True, None]
 
 
 def test_hdf5_without_exam_id_positional_labels(tmp_path):
@@ -333,13 +335,23 @@ def test_gain_zero(small_rec):
     parts[2] = "0/mV"
     lines[3] = " ".join(parts)
     hea.write_text("\n".join(lines) + "\n")
-    e = expect_read_error(small_rec, "bad_gain")
-    assert "III" in str(e)
+    # read (wfdb would silently use gain 200): the channel is NaN and named in bad_channels; the model
+    # needs III, so preprocessing refuses the record naming it
+    rec = read_record(str(small_rec))
+    assert list(rec.bad_channels) == [2] and rec.bad_channels[2][0] == "bad_gain"
+    assert np.isnan(rec.signal[:, 2]).all() and np.isfinite(np.delete(rec.signal, 2, axis=1)).all()
+    with pytest.raises(ECGError) as e:
+        preprocess(rec)
+    assert e.value.error_type == "bad_gain" and e.value.stage == "preprocess" and "III" in str(e.value)
 
 
 def test_bad_units(tmp_path):
     base = write_wfdb(tmp_path, "R001", units="mmHg", n=500)
-    expect_read_error(base, "bad_units")
+    rec = read_record(str(base))
+    assert sorted(rec.bad_channels) == list(range(12))
+    with pytest.raises(ECGError) as e:
+        preprocess(rec)
+    assert e.value.error_type == "bad_units" and "12 leads the model needs" in str(e.value) and "signal I has units 'mmHg'" in str(e.value)
 
 
 def test_catalog_keeps_bad_records(small_rec, tmp_path):

@@ -22,6 +22,11 @@ OFFSETS = np.arange(-300.0, 500.0 + 1e-9, 2.5).astype(np.float32)  # 321 offsets
 PROV = {"run_id": "run0", "model": "demo", "model_id": "demo@0"}
 
 
+def sd1(x: np.ndarray) -> np.ndarray:
+    """Sample sd over axis 0 (ddof=1); NaN (the tables' null) for fewer than 2 rows."""
+    return x.std(0, ddof=1) if len(x) > 1 else np.full(x.shape[1:], np.nan)
+
+
 def _table(name: str, cols: dict, n: int) -> pa.Table:
     full = {k: pa.array([v] * n) for k, v in PROV.items()}
     full.update(cols)
@@ -62,7 +67,7 @@ def make_output(root: Path, *, seed: int = 0, relevance: bool = True, n_records:
     labels["SB"] = idx % 7 == 3
     normal = ~(labels["AF"] | labels["LBBB"] | labels["SB"]) & (idx % 3 != 2)
     label_known = {c: np.ones(K, bool) for c in CLASSES}
-    label_known["AF"][idx == n_records - 1] = False  # R029: AF label unknown -> group "other", outcome null
+    label_known["AF"][idx == n_records - 1] = False  # R029: AF label unknown -> an unlabelled group, outcome null
     prob = np.clip(rng.uniform(0, 0.7, (K, len(CLASSES))), 0, 1)
     for j, c in enumerate(CLASSES):
         prob[labels[c], j] += 0.3
@@ -173,6 +178,8 @@ def make_output(root: Path, *, seed: int = 0, relevance: bool = True, n_records:
     _write_shard(root, "00003", shard_tables(np.arange(5), bogus=True), commit=False)  # crashed shard: no marker
     lab_t_known = np.stack([label_known[t] for t in TARGETS], 1)
     group = np.where(lab_t & lab_t_known, "positive", np.where(normal[:, None], "normal", "other"))  # (K, T)
+    group = np.where(lab_t_known, group, np.where(s_prob >= 0.5, "unlabelled_predicted_positive",
+                                                  "unlabelled_predicted_negative"))
     return SimpleNamespace(keys=keys, labels=labels, lab_t=lab_t, lab_known=lab_t_known, normal=normal, prob=prob,
                            s_sum=s_sum, s_abs=s_abs, s_prob=s_prob, b_sig=b_sig, b_rel=b_rel, beats_ok=beats_ok,
                            group=group, n_errors={"bad_header": 3, "too_short": 1})
@@ -238,7 +245,7 @@ def test_class_probability_bins_means_and_bootstrap(out):
             rel = tr.s_sum[:, mi, ti].astype(np.float64).sum(-1)
             p = tr.s_prob[:, ti].astype(np.float64)
             b = np.minimum(np.floor(p * 10), 9).astype(int)
-            for g in ("positive", "normal", "other"):
+            for g in R.GROUPS:
                 for k in range(10):
                     sel = (tr.group[:, ti] == g) & (b == k)
                     row = cp.filter(method=m, target=t, group=g, bin=k)
@@ -285,15 +292,19 @@ def test_class_probability_deterministic(out):
 
 def test_lead_relevance_means_share_rank(out):
     tr, lr = out.truth, out.tables["lead_relevance"]
-    assert lr.height == len(METHODS) * len(TARGETS) * 3 * len(LEADS)
+    n_groups = sum(len(set(tr.group[:, ti])) for ti in range(len(TARGETS)))  # AF: R029's unlabelled group too
+    assert n_groups == 7 and lr.height == len(METHODS) * n_groups * len(LEADS)
     for mi, m in enumerate(METHODS):
         for ti, t in enumerate(TARGETS):
             tot = tr.s_abs[:, mi, ti].astype(np.float64).sum(-1)
-            for g in ("positive", "normal", "other"):
+            for g in R.GROUPS:
                 sel = tr.group[:, ti] == g
+                if not sel.any():
+                    assert lr.filter(method=m, target=t, group=g).height == 0
+                    continue
                 x = tr.s_sum[sel, mi, ti].astype(np.float64)  # (n, 12)
                 mean = x.mean(0)
-                sd = x.std(0, ddof=1)
+                sd = sd1(x)  # null for n < 2 (R029 alone in its unlabelled group)
                 ok = sel & (tot > 0)
                 share = (tr.s_abs[ok, mi, ti].astype(np.float64) / tot[ok, None]).mean(0)
                 rank = np.empty(12, int)
@@ -314,18 +325,22 @@ def test_lead_relevance_means_share_rank(out):
 
 def test_beat_and_wave_relevance(out):
     tr, br, wr = out.truth, out.tables["beat_relevance"], out.tables["wave_relevance"]
-    assert br.height == len(METHODS) * len(TARGETS) * 3 * len(LEADS) * len(OFFSETS)
+    n_groups = sum(len(set(tr.group[tr.beats_ok, ti])) for ti in range(len(TARGETS)))
+    assert br.height == len(METHODS) * n_groups * len(LEADS) * len(OFFSETS)
     for mi, m in enumerate(METHODS):
         for ti, t in enumerate(TARGETS):
-            for g in ("positive", "normal", "other"):
+            for g in R.GROUPS:
                 sel = (tr.group[:, ti] == g) & tr.beats_ok
+                if not sel.any():
+                    assert br.filter(method=m, target=t, group=g).height == 0
+                    continue
                 sig = tr.b_sig[sel].astype(np.float64)  # (n, 12, O)
                 rel = tr.b_rel[sel, mi, ti].astype(np.float64)  # (n, 12, O)
                 d = br.filter(method=m, target=t, group=g)
                 assert (d["n"].to_numpy() == sel.sum()).all()
                 np.testing.assert_allclose(d["mean_signal"].to_numpy(), sig.mean(0).reshape(-1), rtol=1e-9, atol=1e-12)
                 np.testing.assert_allclose(d["mean_relevance"].to_numpy(), rel.mean(0).reshape(-1), rtol=1e-9, atol=1e-12)
-                half = 1.959963984540054 * rel.std(0, ddof=1).reshape(-1) / np.sqrt(sel.sum())
+                half = 1.959963984540054 * sd1(rel).reshape(-1) / np.sqrt(sel.sum())
                 np.testing.assert_allclose(d["ci_high"].to_numpy() - d["mean_relevance"].to_numpy(), half, rtol=1e-6, atol=1e-12)
                 assert d["offset_ms"].to_numpy()[:len(OFFSETS)].tolist() == OFFSETS.tolist()
                 w = wr.filter(method=m, target=t, group=g)
@@ -333,7 +348,7 @@ def test_beat_and_wave_relevance(out):
                 for wi, (wave, (a, b)) in enumerate({"P": (-250, -100), "QRS": (-50, 60), "T": (120, 400)}.items()):
                     win = (OFFSETS >= a) & (OFFSETS <= b)
                     per_rec = rel[:, :, win].mean(-1)  # (n, 12)
-                    mean, se = per_rec.mean(0), per_rec.std(0, ddof=1) / np.sqrt(sel.sum())
+                    mean, se = per_rec.mean(0), sd1(per_rec) / np.sqrt(sel.sum())
                     sign = np.where(mean - 1.959963984540054 * se > 0, "+", np.where(mean + 1.959963984540054 * se < 0, "-", "0"))
                     ww = w.filter(wave=wave)
                     np.testing.assert_allclose(ww["mean_relevance"].to_numpy(), mean, rtol=1e-9, atol=1e-12)
@@ -350,7 +365,7 @@ def test_duckdb_equals_polars(out):
     assert "shard=00003" not in sql
     dd = pl.from_arrow(duckdb.sql(sql).arrow()).sort("method", "target", "group", "lead")
     pp = out.tables["lead_relevance"].sort("method", "target", "group", "lead")
-    assert dd.height == pp.height == 144
+    assert dd.height == pp.height == 168  # 2 methods x (AF: 4 groups, LBBB: 3) x 12 leads
     assert dd.select("method", "target", "group", "lead").equals(pp.select("method", "target", "group", "lead"))
     for c in ("mean_relevance", "sd_relevance", "ci_low", "ci_high", "share_abs"):
         np.testing.assert_allclose(dd[c].to_numpy(), pp[c].to_numpy(), rtol=1e-9, atol=1e-12, err_msg=c)

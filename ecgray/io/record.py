@@ -1,8 +1,8 @@
 """The :class:`Record` container and :func:`read_record`, the one entry point for reading.
 
 Formats are chosen by the URI: ``.hdf5``/``.h5``/``.hdf`` (optionally with a
-``#row`` fragment) is a CODE-15 style HDF5 exam, anything else a WFDB record
-(path without extension, or with ``.hea``).
+``#row`` fragment) is a CODE-15 style HDF5 exam, ``.edf`` an EDF/EDF+ file,
+anything else a WFDB record (path without extension, or with ``.hea``).
 """
 from __future__ import annotations
 
@@ -34,6 +34,13 @@ class Record:
     meta: dict = field(default_factory=dict)
     #: unique key within the input (``ecgray.io.catalog.record_key``); "" = not set (tables use the URI)
     record_key: str = ""
+    #: flags set by the reader (e.g. ``multi_frequency``); preprocessing adds them to the window's flags
+    flags: tuple[str, ...] = ()
+    #: channels that are not usable as a lead in mV, ``{channel index: (error_type, reason)}`` -- e.g.
+    #: ``bad_units`` (a RESP channel in ``NU``), ``bad_gain`` (ADC gain 0). The reader keeps them (so a
+    #: record whose *unneeded* channel is bad is still processed, flag ``extra_leads_dropped``);
+    #: preprocessing raises the error when the model needs that channel.
+    bad_channels: dict[int, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def n_samples(self) -> int:
@@ -53,6 +60,11 @@ def is_hdf5(uri: str) -> bool:
     """True when the URI (fragment removed) names an HDF5 file."""
     path = str(uri).split("#", 1)[0].lower()
     return path.endswith((".hdf5", ".h5", ".hdf"))
+
+
+def is_edf(uri: str) -> bool:
+    """True when the URI names an EDF/EDF+ file (``.edf``, any case)."""
+    return str(uri).lower().endswith(".edf")
 
 
 def resolve_labels(header: Labels, ids: list[str], row: int | None,
@@ -76,6 +88,8 @@ def read_record(uri: str, *, labels_csv: str | None = None, record_id: str | Non
     * HDF5 (CODE-15): ``path/file.hdf5`` for a single exam, ``path/file.hdf5#3``
       for row 3 (0-based) of a multi-exam file; ``exam_id`` gives the record id
       when present.
+    * EDF/EDF+: ``path/file.edf``, one record per file (:mod:`ecgray.io.edf`;
+      annotation channels skipped, non-voltage channels in ``bad_channels``).
     * ``labels_csv`` (REFERENCE.csv, ptbxl_database.csv or a code15 CSV,
       detected by its columns) overrides the header labels for the records it
       lists; ``meta["label_source"]`` says which was used.
@@ -89,6 +103,10 @@ def read_record(uri: str, *, labels_csv: str | None = None, record_id: str | Non
             from ecgray.io.code15 import read_code15
 
             rec = read_code15(uri)
+        elif is_edf(uri):
+            from ecgray.io.edf import read_edf
+
+            rec = read_edf(uri)
         else:
             from ecgray.io.wfdb import read_wfdb
 

@@ -2,32 +2,55 @@
 
 Read policy:
 
-* the header is parsed with :func:`wfdb.rdheader`; the signal with
-  :func:`wfdb.rdrecord` (``physical=True``), converted to float32 mV using
-  the header units (``mV`` x1, ``uV``/``µV`` /1000, ``nV`` /1e6, ``V`` x1000;
-  any other unit is an error);
-* on S3 the ``.hea`` and signal files are copied into a temporary directory
-  with fsspec and read there by the very same code, so local and S3 reads
-  give identical arrays;
+* **Staging**: the header is read as bytes and decoded as UTF-8 (latin-1 when
+  it is not valid UTF-8); a copy with ASCII aliases for the record, segment and
+  signal file names is written into a temporary folder, next to links to the
+  signal files (S3: the fetched objects), and wfdb reads that. So non-ASCII
+  names (``ЭКГ_ü_✓.hea``) and any legal file name read, local and S3 reads run
+  the very same code and give identical arrays, and wfdb's ASCII-only header
+  parse (which drops every other character: ``µV`` would become ``V``) never
+  decides units, lead names or comments -- those come from the decoded text.
+* the signal is :func:`wfdb.rdrecord` (``physical=True``), converted to
+  float32 mV using the header units (``mV`` x1, ``uV``/``µV`` /1000, ``nV``
+  /1e6, ``V`` x1000).
+* **Channels that are not a voltage** (``NU``, ``mmHg``, ``%``, ...) or
+  written with ADC gain 0 (uncalibrated; wfdb would silently use 200, so the
+  channel is set to NaN) do not fail the read: they are listed in
+  :attr:`~ecgray.io.Record.bad_channels`, and preprocessing refuses the record
+  (``bad_units`` / ``bad_gain``, naming the lead) only when the model needs
+  that channel; otherwise it is dropped with the other extra channels.
+* **Multi-frequency** records (signals with different samples per frame) are
+  read with ``smooth_frames=False``: every signal at its own rate, the slower
+  ones brought to the fastest rate with :func:`scipy.signal.resample_poly`
+  (integer factors), flag ``multi_frequency``; ``fs`` is the fastest rate. wfdb's
+  default would average the fast signals down to the frame rate. Equal
+  samples per frame (all 2): read at ``2 x`` the frame rate, no flag.
+* **Multi-segment** records are one record: every segment header is staged and
+  checked like a single-segment header (signal files present, sizes), and
+  :func:`wfdb.rdrecord` merges them (fixed or variable layout; a ``~`` gap or a
+  signal missing in a segment reads as NaN, which preprocessing refuses).
+* **Skew**: the file may hold the skew's extra frames; wfdb leaves the last
+  ``max(skew)`` samples of the record invalid, so they are dropped (flag
+  ``skew_trimmed``).
 * before the signal is read, every signal file named in the header must
   exist and have exactly the size the header implies
-  (``byte_offset + bytes(sig_len x samples per frame)``; format 212/310/311
-  padding tolerated; FLAC formats not size-checked);
+  (``byte_offset + bytes(sig_len x samples per frame)``, plus the skew's frames;
+  format 212/310/311 padding tolerated; FLAC formats not size-checked);
 * invalid samples (e.g. -32768 in format 16) come back as NaN, which
   preprocessing rejects (``nan_or_inf``).
 
 Errors (:class:`ecgray.errors.ReadError`, ``error_type``):
-``missing_header``, ``bad_header`` (empty, unparsable/garbled, no signals, no
-lead names, a signal file name with a path in it), ``unsupported_format``
-(multi-segment record, unknown sample format), ``bad_gain`` (ADC gain 0
-written in the header; wfdb would silently use 200), ``bad_units``,
-``missing_signal_file`` (also: an S3 object listed but gone, 404),
-``truncated`` (signal file shorter than the header says, or empty),
-``length_mismatch`` (longer, or wfdb returned another length),
-``access_denied`` (no permission to read the header or a signal file: a
-local ``PermissionError`` or S3 403), ``unreadable`` (anything else
-wfdb/numpy/the storage raised; transient S3 failures are retried by
-botocore/s3fs before this).
+``missing_header`` (also a multi-segment record's missing segment header),
+``bad_header`` (empty, unparsable/garbled, no signals, no lead names, a signal
+file or segment name with a path in it), ``unsupported_format`` (unknown sample
+format, nested multi-segment, multi-frequency segments), ``missing_signal_file``
+(also: an S3 object listed but gone, 404), ``truncated`` (signal file shorter
+than the header says, or empty), ``length_mismatch`` (longer, or wfdb returned
+another length), ``access_denied`` (no permission to read the header or a
+signal file: a local ``PermissionError`` or S3 403), ``unreadable`` (anything
+else wfdb/numpy/the storage raised; transient S3 failures are retried by
+botocore/s3fs before this). ``bad_units`` / ``bad_gain`` are raised by
+preprocessing (stage ``preprocess``) for a channel the model needs.
 """
 from __future__ import annotations
 
@@ -35,9 +58,12 @@ import os
 import posixpath
 import re
 import tempfile
+from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 import wfdb
+from scipy.signal import resample_poly
 from wfdb.io._signal import BYTES_PER_SAMPLE, COMPRESSED_FMTS, _required_byte_num
 
 from ecgray.errors import ReadError
@@ -60,6 +86,7 @@ DATASET_PATTERNS = (
 )
 
 _NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_SAFE_EXT = re.compile(r"\.[a-z0-9]{1,8}")
 _KEY_VALUE = re.compile(r"^\s*([A-Za-z][\w .-]*?)\s*:\s*(.*?)\s*$")
 
 
@@ -114,41 +141,154 @@ def header_fields(comments: list[str]) -> tuple[dict, str | None]:
 
 
 def signal_files(hdr) -> list[str]:
-    """Signal file names of a header, in order, without repeats."""
+    """Signal file names of a (single-segment) header, in order, without repeats (``~`` = none)."""
     out: list[str] = []
     for name in hdr.file_name or []:
+        if name and name != "~" and name not in out:
+            out.append(name)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ header text
+def decode_header(data: bytes) -> str:
+    """Header bytes as text: UTF-8 when they are valid UTF-8 (non-ASCII record names, units such as
+    ``µV``), else latin-1 (any byte decodes)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def spec_lines(text: str) -> list[list[str]]:
+    """The header's non-comment lines, split into tokens (record line first)."""
+    return [ln.split() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def comment_lines(text: str) -> list[str]:
+    """The header's comment lines, without the leading ``#`` (from the decoded text: wfdb reads headers
+    as ASCII and drops every other character)."""
+    return [ln.lstrip()[1:].strip() for ln in text.splitlines() if ln.lstrip().startswith("#")]
+
+
+def n_segments(text: str) -> int | None:
+    """Number of segments of a multi-segment header (record line ``name/n``), None for a single segment."""
+    lines = spec_lines(text)
+    if not lines or "/" not in lines[0][0]:
+        return None
+    m = re.match(r"^\d+$", lines[0][0].split("/", 1)[1])
+    return int(m.group(0)) if m else None
+
+
+def named_files(text: str) -> list[str]:
+    """The files a header names, from its text alone (so even a header that fails its checks claims
+    them): signal file names of a single-segment header, ``<segment>.hea`` of a multi-segment one."""
+    lines = spec_lines(text)
+    if not lines:
+        return []
+    multi = n_segments(text) is not None
+    out: list[str] = []
+    for tokens in lines[1:]:
+        name = tokens[0]
+        if name.startswith("~") or "/" in name or "\\" in name or name in (".", ".."):
+            continue
+        name = name + ".hea" if multi else name
         if name not in out:
             out.append(name)
     return out
 
 
-def check_header(hdr, text: str, record_id: str) -> None:
-    """Reject headers wfdb accepts but we cannot use (see module docstring)."""
-    if isinstance(hdr, wfdb.MultiRecord) or getattr(hdr, "seg_name", None):
-        raise ReadError(record_id, "multi-segment WFDB records are not supported", error_type="unsupported_format")
+def _units_and_names(text: str) -> tuple[list[str], list[str | None]]:
+    """Units and descriptions of the signal lines, parsed from the decoded text (wfdb's own parse drops
+    non-ASCII characters: ``µV`` would become ``V``)."""
+    units, names = [], []
+    for tokens in spec_lines(text)[1:]:
+        gain = tokens[2] if len(tokens) > 2 else ""
+        units.append(gain.split("/", 1)[1] if "/" in gain else "mV")
+        names.append(" ".join(tokens[8:]) if len(tokens) > 8 else None)
+    return units, names
+
+
+def _alias_text(text: str, record_alias: str, names: dict[str, str]) -> str:
+    """The header with its record name replaced by ``record_alias`` and the first token of every other
+    line replaced through ``names`` (signal files or segments); all else byte for byte as written."""
+    out, first = [], True
+    for ln in text.splitlines():
+        stripped = ln.strip()
+        if not stripped or stripped.startswith("#"):
+            out.append(ln)
+            continue
+        lead = ln[: len(ln) - len(ln.lstrip())]
+        tok, rest = (stripped.split(None, 1) + [""])[:2]
+        if first:
+            tok = record_alias + (tok[tok.index("/"):] if "/" in tok else "")
+            first = False
+        else:
+            tok = names.get(tok, tok)
+        out.append(f"{lead}{tok} {rest}".rstrip())
+    return "\n".join(out) + "\n"
+
+
+def record_line_facts(text: str) -> dict:
+    """``{"n_sig", "fs", "sig_len"}`` from a header's record line, best effort (None where unreadable): what
+    the catalog still shows for a record whose header fails a later check."""
+    out = {"n_sig": None, "fs": None, "sig_len": None}
+    lines = spec_lines(text)
+    tok = lines[0] if lines else []
+    for key, i, cast in (("n_sig", 1, int), ("fs", 2, float), ("sig_len", 3, int)):
+        if len(tok) > i:
+            m = _NUMBER.match(tok[i].split("/", 1)[0])
+            try:
+                out[key] = cast(float(m.group(0))) if m else None
+            except (ValueError, OverflowError):
+                out[key] = None
+    return out
+
+
+def check_text(text: str, record_id: str, what: str = "header") -> None:
+    """Checks on the raw header text: not empty, no signal file named by a path."""
+    if not text.strip():
+        raise ReadError(record_id, f"{what} file is empty ({len(text)} bytes)", error_type="bad_header")
+    for tokens in spec_lines(text)[1:]:
+        name = tokens[0]
+        if "/" in name or "\\" in name or name in (".", ".."):
+            raise ReadError(record_id, f"signal file name {name!r} is not a plain file name (a path: refused)",
+                            error_type="bad_header")
+
+
+def check_header(hdr, text: str, record_id: str, *, layout: bool = False) -> None:
+    """Reject single-segment headers wfdb accepts but we cannot use (see module docstring); ``layout``:
+    the header is a multi-segment record's layout segment (no signal files)."""
     if not hdr.n_sig or not hdr.sig_name or not hdr.file_name:
         raise ReadError(record_id, "header lists no signals", error_type="bad_header")
+    if hdr.sig_name and all(not n for n in hdr.sig_name):
+        raise ReadError(record_id, f"header's {hdr.n_sig} signal lines have no description field: no lead names",
+                        error_type="bad_header")
     if len(hdr.sig_name) != hdr.n_sig or any(not n for n in hdr.sig_name):
         raise ReadError(record_id, f"header: {hdr.n_sig} signals but lead names {hdr.sig_name}", error_type="bad_header")
     if hdr.fs is None:
         raise ReadError(record_id, "header has no sampling frequency", error_type="bad_header")
-    for name in signal_files(hdr):
-        if "/" in name or "\\" in name or name in (".", ".."):
-            raise ReadError(record_id, f"signal file name {name!r} is not a plain file name", error_type="bad_header")
-    for fmt in hdr.fmt or []:
-        if fmt not in BYTES_PER_SAMPLE:
+    if not signal_files(hdr) and not layout:
+        raise ReadError(record_id, "header names no signal files (every signal is '~'): a multi-segment "
+                                   "record's layout header, not a record", error_type="not_a_record")
+    for fmt, fname in zip(hdr.fmt or [], hdr.file_name):
+        if fmt not in BYTES_PER_SAMPLE and not (fname == "~" and str(fmt) == "0"):  # "~": a null signal
             raise ReadError(record_id, f"unsupported WFDB sample format {fmt!r}", error_type="unsupported_format")
-    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    for i, line in enumerate(lines[1:]):
-        tokens = line.split()
+
+
+def channel_problems(text: str, units: list[str], names: list[str]) -> dict[int, tuple[str, str]]:
+    """Channels whose values are not a voltage in known units: ``{index: (error_type, reason)}`` --
+    ``bad_gain`` for ADC gain 0 written in the header (uncalibrated; wfdb would silently use 200),
+    ``bad_units`` for units other than those in :data:`UNIT_SCALE`."""
+    out: dict[int, tuple[str, str]] = {}
+    for i, tokens in enumerate(spec_lines(text)[1:]):
         if len(tokens) >= 3:
             m = _NUMBER.match(tokens[2])
             if m and float(m.group(0)) == 0:
-                lead = tokens[8] if len(tokens) > 8 else f"#{i}"
-                raise ReadError(record_id, f"ADC gain 0 (uncalibrated) for signal {lead}", error_type="bad_gain")
-    for units in hdr.units or []:
-        if str(units).strip().lower() not in UNIT_SCALE:
-            raise ReadError(record_id, f"unsupported units {units!r} (want mV, uV or V)", error_type="bad_units")
+                out[i] = ("bad_gain", f"ADC gain 0 (uncalibrated) for signal {names[i] if i < len(names) else i}")
+    for i, u in enumerate(units):
+        if i not in out and str(u).strip().lower() not in UNIT_SCALE:
+            out[i] = ("bad_units", f"signal {names[i]} has units {u!r}, not a voltage (want mV, uV or V)")
+    return out
 
 
 def expected_sizes(hdr) -> dict[str, tuple[int, int] | None]:
@@ -163,14 +303,24 @@ def expected_sizes(hdr) -> dict[str, tuple[int, int] | None]:
         spf = sum(int(hdr.samps_per_frame[i] or 1) for i in idx)
         offset = int((hdr.byte_offset or [None] * hdr.n_sig)[idx[0]] or 0)
         n = int(hdr.sig_len) * spf
-        out[name] = (offset + _required_byte_num("read", fmt, n), offset + _required_byte_num("write", fmt, n))
+        extra = max_skew(hdr) * spf  # a skewed file may hold the skew's extra frames
+        out[name] = (offset + _required_byte_num("read", fmt, n),
+                     offset + _required_byte_num("write", fmt, n + extra))
     return out
 
 
-def check_signal_files(hdr, sizes: dict[str, int | None], record_id: str) -> None:
-    """Raise ``missing_signal_file``/``truncated``/``length_mismatch`` from the file sizes."""
-    for name, bounds in expected_sizes(hdr).items():
-        size = sizes.get(name)
+def max_skew(hdr) -> int:
+    """The largest skew (frames) of a single-segment header's signals (0 when none)."""
+    return max([int(s or 0) for s in (getattr(hdr, "skew", None) or [])] or [0])
+
+
+def check_signal_files(hdr, sizes: dict[str, int | None], record_id: str, shown: dict[str, str] | None = None) -> None:
+    """Raise ``missing_signal_file``/``truncated``/``length_mismatch`` from the file sizes (``shown`` maps
+    the names in ``hdr`` to the names the user wrote)."""
+    shown = shown or {}
+    for alias, bounds in expected_sizes(hdr).items():
+        name = shown.get(alias, alias)
+        size = sizes.get(alias)
         if size is None:
             raise ReadError(record_id, f"signal file {name} is missing", error_type="missing_signal_file")
         if bounds is None:
@@ -197,137 +347,371 @@ def fetch_error(record_id: str, what: str, exc: BaseException, missing_type: str
     return ReadError(record_id, f"cannot fetch {what}: {type(exc).__name__}: {exc}", error_type="unreadable")
 
 
-def rdheader(base: str, record_id: str):
-    """:func:`wfdb.rdheader` on a local record path; errors -> ReadError ``bad_header``."""
-    try:
-        with open(base + ".hea", "rb") as f:
-            text = f.read().decode("latin-1")
-    except OSError:
-        text = None  # wfdb.rdheader says what is wrong
-    if text is not None:
-        if not text.strip():
-            raise ReadError(record_id, f"header file is empty ({len(text)} bytes)", error_type="bad_header")
-        lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-        for line in lines[1:]:
-            name = line.split()[0]
-            if "/" in name or "\\" in name:
-                raise ReadError(record_id, f"signal file name {name!r} is not a plain file name (a path: refused)",
-                                error_type="bad_header")
+# ------------------------------------------------------------------------------------------ sources
+class Source:
+    """The folder that holds a record's files: local, or an S3 prefix (fsspec).
+
+    ``sizes`` (a listing, ``{file name: bytes}``) and ``headers`` (``{header file name: bytes or the
+    exception fetching it raised}``) let the catalog describe records without another request per file.
+    Signal files are fetched (S3) or linked (local) into the staging folder only by :meth:`stage`.
+    """
+
+    def __init__(self, folder: str, fs=None, *, sizes: dict[str, int | None] | None = None,
+                 headers: dict[str, object] | None = None, uri_folder: str | None = None):
+        self.folder, self.fs = folder, fs
+        self.uri_folder = uri_folder or folder
+        self.sizes, self.headers = sizes, headers or {}
+        self._data: dict[str, bytes] = {}
+
+    def _path(self, name: str) -> str:
+        return posixpath.join(self.folder, name) if self.fs is not None else os.path.join(self.folder, name)
+
+    def header(self, name: str, record_id: str, what: str = "header") -> str:
+        """The decoded text of header file ``name``."""
+        uri = posixpath.join(self.uri_folder, name) if self.fs is not None else self._path(name)
+        if name in self.headers:
+            data = self.headers[name]
+            if isinstance(data, BaseException):
+                raise fetch_error(record_id, f"{what} {uri}", data, "missing_header")
+        elif self.fs is not None:
+            try:
+                data = self.fs.cat_file(self._path(name))
+            except Exception as e:
+                raise fetch_error(record_id, f"{what} {uri}", e, "missing_header") from None
+        else:
+            try:
+                with open(self._path(name), "rb") as f:
+                    data = f.read()
+            except FileNotFoundError:
+                raise ReadError(record_id, f"{what} {uri} not found", error_type="missing_header") from None
+            except IsADirectoryError:
+                raise ReadError(record_id, f"{uri} is a directory, not a header file",
+                                error_type="not_a_record") from None
+            except PermissionError as e:
+                raise ReadError(record_id, f"access denied to {what} {uri}: {e}", error_type="access_denied") from None
+            except OSError as e:
+                raise ReadError(record_id, f"cannot read {what} {uri}: {e}", error_type="missing_header") from None
+        return decode_header(bytes(data))
+
+    def size(self, name: str, record_id: str) -> int | None:
+        """Bytes of file ``name`` (None when it is not there)."""
+        if self.sizes is not None:
+            return self.sizes.get(name)
+        if self.fs is None:
+            p = self._path(name)
+            return os.path.getsize(p) if os.path.isfile(p) else None
+        if name not in self._data:
+            try:
+                self._data[name] = self.fs.cat_file(self._path(name))
+            except FileNotFoundError:
+                return None  # listed by the catalog but gone now (404): missing_signal_file
+            except Exception as e:
+                raise fetch_error(record_id, f"signal file {name}", e, "missing_signal_file") from None
+        return len(self._data[name])
+
+    def stage(self, name: str, dest: str, record_id: str) -> None:
+        """Put file ``name`` at ``dest`` (local: a symbolic link; S3: the fetched bytes)."""
+        if self.fs is None:
+            os.symlink(os.path.abspath(self._path(name)), dest)
+            return
+        if self.size(name, record_id) is None:
+            raise ReadError(record_id, f"signal file {name} is missing", error_type="missing_signal_file")
+        with open(dest, "wb") as f:
+            f.write(self._data.pop(name))
+
+
+# ------------------------------------------------------------------------------------------ describe
+@dataclass
+class Described:
+    """A record's header(s), parsed and checked, staged under ASCII names in a temporary folder.
+
+    ``base`` is the staged record path wfdb reads; ``files`` maps each staged signal file name to the
+    name the user wrote; ``fs`` and ``n_samples`` are those of the signal as ecgray reads it (a
+    multi-frequency record at its highest rate); ``leads``/``units`` as written; ``bad_channels``
+    see :attr:`ecgray.io.Record.bad_channels`."""
+
+    base: str
+    text: str
+    hdr: object
+    files: dict[str, str]
+    fs: float
+    n_samples: int | None
+    leads: list[str]
+    units: list[str]
+    comments: list[str]
+    bad_channels: dict[int, tuple[str, str]]
+    spf: list[int]
+    n_segments: int | None = None
+    #: ``[(single-segment header, {staged name: bytes or None})]``: what :func:`check_files` checks
+    sizes: list = None
+    #: the largest skew (frames): wfdb reads skewed signals but leaves their last ``skew`` samples invalid,
+    #: so ecgray drops the last ``skew`` samples of every channel (flag ``skew_trimmed``)
+    skew: int = 0
+
+
+def check_files(d: Described, record_id: str) -> None:
+    """The size checks of every signal file of a described record (see :func:`check_signal_files`)."""
+    for hdr, sizes in d.sizes or []:
+        check_signal_files(hdr, sizes, record_id, d.files)
+
+
+def _frame_multiple(spf: list[int]) -> int:
+    """Samples per frame of the fastest signal: ecgray reads every signal at that rate."""
+    return max(max(1, int(s or 1)) for s in spf) if spf else 1
+
+
+def _n_samples(hdr, sizes: dict[str, int | None]) -> int | None:
+    """Samples per channel at the frame rate: ``sig_len``, or from the file size when the header has none."""
+    if hdr.sig_len is not None:
+        return int(hdr.sig_len)
+    files = signal_files(hdr)
+    if len(files) != 1 or sizes.get(files[0]) is None or hdr.fmt[0] not in BYTES_PER_SAMPLE:
+        return None
+    per = BYTES_PER_SAMPLE[hdr.fmt[0]] * sum(int(s or 1) for s in hdr.samps_per_frame)
+    offset = int((hdr.byte_offset or [0])[0] or 0)
+    return int((sizes[files[0]] - offset) // per) if per else None
+
+
+def rdheader(base: str, record_id: str, what: str = "header"):
+    """:func:`wfdb.rdheader` on a staged record path; errors -> ReadError ``bad_header``."""
     try:
         return wfdb.rdheader(base)
     except FileNotFoundError:
-        raise ReadError(record_id, f"header {base}.hea not found", error_type="missing_header") from None
+        raise ReadError(record_id, f"{what} not found", error_type="missing_header") from None
     except Exception as e:  # wfdb raises ValueError, HeaderSyntaxError, IndexError, ... on garbage
-        raise ReadError(record_id, f"cannot parse header: {type(e).__name__}: {e}", error_type="bad_header") from None
+        raise ReadError(record_id, f"cannot parse {what}: {type(e).__name__}: {e}", error_type="bad_header") from None
 
 
-def read_header_text(base: str, record_id: str) -> str:
-    """The local ``.hea`` text (latin-1, so any byte decodes)."""
+def _segment(src: Source, tmp: str, k: int, seg: str, record_id: str, sizes: dict, files: dict, named: set | None,
+             layout: bool = False):
+    """Stage and check segment ``seg`` (single-segment header) as ``s<k>``; returns ``(hdr, text)``."""
+    what = f"segment header {seg}.hea"
+    text = src.header(seg + ".hea", record_id, "segment header")
+    check_text(text, record_id, what)
+    if named is not None:
+        named.update(named_files(text))
+    if n_segments(text) is not None:
+        raise ReadError(record_id, f"segment {seg} is itself a multi-segment record", error_type="unsupported_format")
+    alias, hdr = _stage_single(src, tmp, f"s{k}", text, record_id, sizes, files, what, layout=layout)
+    return hdr, text
+
+
+def _stage_single(src: Source, tmp: str, alias: str, text: str, record_id: str, sizes: dict, files: dict,
+                  what: str = "header", *, layout: bool = False):
+    """Write the header under ASCII names and parse it; fills ``sizes``/``files`` for its signal files."""
+    names = {}
+    for name in named_files(text):
+        ext = os.path.splitext(name)[1].lower()
+        names[name] = f"{alias}_{len(names)}" + (ext if _SAFE_EXT.fullmatch(ext) else ".dat")
+    with open(os.path.join(tmp, alias + ".hea"), "w", encoding="utf-8") as f:
+        f.write(_alias_text(text, alias, names))
+    hdr = rdheader(os.path.join(tmp, alias), record_id, what)
+    if isinstance(hdr, wfdb.MultiRecord):
+        raise ReadError(record_id, f"{what} is a multi-segment header", error_type="unsupported_format")
+    check_header(hdr, text, record_id, layout=layout)
+    for name, a in names.items():
+        files[a] = name
+        sizes[a] = src.size(name, record_id)
+    return alias, hdr
+
+
+def describe(src: Source, name: str, record_id: str, tmp: str, *, named: set | None = None,
+             files_checked: bool = True) -> Described:
+    """Parse and check the header ``<name>.hea`` in ``src`` (and its segments' headers), stage them in
+    ``tmp`` under ASCII names and check the signal files' sizes -- everything but reading samples.
+    ``named`` collects the files the header(s) name, even when a check fails; ``files_checked=False``
+    leaves the signal files' checks to :func:`check_files`."""
+    text = src.header(name + ".hea", record_id)
+    if named is not None:
+        named.update(named_files(text))
+    check_text(text, record_id)
+    sizes: dict[str, int | None] = {}
+    files: dict[str, str] = {}
+    nseg = n_segments(text)
+    if nseg is None:
+        alias, hdr = _stage_single(src, tmp, "r", text, record_id, sizes, files)
+        units, names = _units_and_names(text)
+        if text.isascii():
+            units, names = list(hdr.units or units), list(hdr.sig_name)
+        else:
+            names = [n if n is not None else w for n, w in zip(names, hdr.sig_name)]
+        spf = [int(s or 1) for s in (hdr.samps_per_frame or [1] * hdr.n_sig)]
+        m = _frame_multiple(spf)
+        n = _n_samples(hdr, sizes)
+        skew = max_skew(hdr)
+        if skew and any(x != 1 for x in spf):
+            raise ReadError(record_id, "skewed multi-frequency records are not supported",
+                            error_type="unsupported_format")
+        d = Described(os.path.join(tmp, alias), text, hdr, files, float(hdr.fs) * m,
+                      None if n is None else (n - skew) * m, names, units, comment_lines(text),
+                      channel_problems(text, units, names), spf, sizes=[(hdr, sizes)], skew=skew)
+        if files_checked:
+            check_files(d, record_id)
+        return d
+    # multi-segment: the master header names segments (``~`` = a gap); a variable layout starts
+    # with a layout segment of length 0 that holds the signal names and units
+    seg_names = []
+    for tokens in spec_lines(text)[1:]:
+        seg_names.append(tokens[0])
+    aliases = {s: (f"s{k}" if not s.startswith("~") else s) for k, s in enumerate(seg_names)}
+    for k, seg in enumerate(seg_names):
+        if not seg.startswith("~") and ("/" in seg or "\\" in seg or seg in (".", "..")):
+            raise ReadError(record_id, f"segment name {seg!r} is not a plain name (a path: refused)",
+                            error_type="bad_header")
+    with open(os.path.join(tmp, "r.hea"), "w", encoding="utf-8") as f:
+        f.write(_alias_text(text, "r", aliases))
+    hdr = rdheader(os.path.join(tmp, "r"), record_id)
+    if not isinstance(hdr, wfdb.MultiRecord) or not hdr.seg_name:
+        raise ReadError(record_id, "multi-segment header lists no segments", error_type="bad_header")
+    if hdr.fs is None or not hdr.n_sig:
+        raise ReadError(record_id, "multi-segment header has no sampling frequency or signals", error_type="bad_header")
+    segs, checks = [], []
+    for k, seg in enumerate(seg_names):
+        if seg.startswith("~"):
+            continue
+        s_hdr, s_text = _segment(src, tmp, k, seg, record_id, sizes, files, named,
+                                 layout=k == 0 and int(hdr.seg_len[0]) == 0)
+        checks.append((s_hdr, {a: sizes[a] for a in signal_files(s_hdr)}))
+        if any(int(x or 1) != 1 for x in (s_hdr.samps_per_frame or [])):
+            raise ReadError(record_id, f"segment {seg} has several samples per frame: multi-frequency "
+                                       "multi-segment records are not supported", error_type="unsupported_format")
+        if float(s_hdr.fs) != float(hdr.fs):
+            raise ReadError(record_id, f"segment {seg} is at {s_hdr.fs} Hz, the record at {hdr.fs} Hz",
+                            error_type="bad_header")
+        segs.append((seg, s_hdr, s_text))
+    if not segs:
+        raise ReadError(record_id, "multi-segment record has no segments with signals", error_type="bad_header")
+    # the channels as wfdb merges them: the layout segment's (variable layout), else the first segment's
+    l_hdr, l_text = segs[0][1], segs[0][2]
+    units, names = _units_and_names(l_text)
+    if l_text.isascii():
+        units, names = list(l_hdr.units or units), list(l_hdr.sig_name)
+    bad: dict[int, tuple[str, str]] = {}
+    for seg, s_hdr, s_text in segs:
+        s_units, _ = _units_and_names(s_text)
+        for i, prob in channel_problems(s_text, s_units, list(s_hdr.sig_name)).items():
+            lead = s_hdr.sig_name[i]
+            if lead in names and names.index(lead) not in bad:
+                bad[names.index(lead)] = (prob[0], f"{prob[1]} (segment {seg})")
+    for i, u in enumerate(units):
+        if i not in bad and str(u).strip().lower() not in UNIT_SCALE:
+            bad[i] = ("bad_units", f"signal {names[i]} has units {u!r}, not a voltage (want mV, uV or V)")
+    n = int(hdr.sig_len) if hdr.sig_len is not None else int(sum(int(x) for x in hdr.seg_len))
+    d = Described(os.path.join(tmp, "r"), text, hdr, files, float(hdr.fs), n, names, units,
+                  comment_lines(text), bad, [1] * len(names), n_segments=nseg, sizes=checks)
+    if files_checked:
+        check_files(d, record_id)
+    return d
+
+
+# ------------------------------------------------------------------------------------------ read
+def _unstaged(message: str, d: Described) -> str:
+    """``message`` with the staged (temporary, aliased) file paths replaced by the names the user wrote."""
+    folder = os.path.dirname(d.base)
+    for alias in sorted(d.files, key=len, reverse=True):
+        message = message.replace(os.path.join(folder, alias), d.files[alias]).replace(alias, d.files[alias])
+    return message.replace(folder + os.sep, "")
+
+
+def _physical_mv(d: Described, record_id: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The staged record's samples as float32 ``(n, channels)``: voltage channels in mV, others as
+    written; a channel with several samples per frame at its own rate, the others brought to the highest
+    rate with :func:`scipy.signal.resample_poly` (flag ``multi_frequency``)."""
+    multi_freq = any(s != 1 for s in d.spf)
     try:
-        with open(base + ".hea", "rb") as f:
-            return f.read().decode("latin-1")
-    except FileNotFoundError:
-        raise ReadError(record_id, f"header {base}.hea not found", error_type="missing_header") from None
-    except IsADirectoryError:
-        raise ReadError(record_id, f"{base}.hea is a directory, not a header file",
-                        error_type="not_a_record") from None
+        rec = wfdb.rdrecord(d.base, physical=True, smooth_frames=not multi_freq)
     except PermissionError as e:
-        raise ReadError(record_id, f"access denied to header {base}.hea: {e}", error_type="access_denied") from None
-    except OSError as e:
-        raise ReadError(record_id, f"cannot read header: {e}", error_type="missing_header") from None
-
-
-def parse_local_header(base: str, record_id: str):
-    """Read and check a local header; returns the wfdb header object."""
-    text = read_header_text(base, record_id)
-    hdr = rdheader(base, record_id)
-    check_header(hdr, text, record_id)
-    return hdr
-
-
-def _physical_mv(base: str, hdr, record_id: str) -> np.ndarray:
-    try:
-        rec = wfdb.rdrecord(base, physical=True)
-    except PermissionError as e:
-        raise ReadError(record_id, f"access denied to a signal file: {e}", error_type="access_denied") from None
+        raise ReadError(record_id, f"access denied to a signal file: {_unstaged(str(e), d)}",
+                        error_type="access_denied") from None
     except Exception as e:
-        raise ReadError(record_id, f"cannot read signal: {type(e).__name__}: {e}", error_type="unreadable") from None
-    sig = rec.p_signal
-    if sig is None or sig.ndim != 2 or sig.shape[1] != hdr.n_sig:
-        raise ReadError(record_id, f"signal has shape {getattr(sig, 'shape', None)}, header says {hdr.n_sig} signals",
-                        error_type="length_mismatch")
-    if hdr.sig_len is not None and sig.shape[0] != hdr.sig_len:
-        raise ReadError(record_id, f"signal has {sig.shape[0]} samples, header says {hdr.sig_len}",
-                        error_type="length_mismatch")
-    scale = np.array([UNIT_SCALE[str(u).strip().lower()] for u in rec.units], dtype=np.float64)
+        raise ReadError(record_id, f"cannot read signal: {type(e).__name__}: {_unstaged(str(e), d)}",
+                        error_type="unreadable") from None
+    flags: tuple[str, ...] = ()
+    n_sig = len(d.leads)
+    if multi_freq:
+        m = _frame_multiple(d.spf)
+        chans = rec.e_p_signal
+        if chans is None or len(chans) != n_sig:
+            raise ReadError(record_id, f"signal has {0 if chans is None else len(chans)} channels, header says "
+                                       f"{n_sig}", error_type="length_mismatch")
+        cols = []
+        for i, (x, s) in enumerate(zip(chans, d.spf)):
+            x = np.asarray(x, dtype=np.float64)
+            if d.hdr.sig_len is not None and x.shape[0] != int(d.hdr.sig_len) * s:
+                raise ReadError(record_id, f"signal {d.leads[i]} has {x.shape[0]} samples, header says "
+                                           f"{int(d.hdr.sig_len) * s}", error_type="length_mismatch")
+            ratio = Fraction(m, s)  # e.g. 200/51: resample_poly takes any rational factor
+            cols.append(x if s == m else resample_poly(x, ratio.numerator, ratio.denominator))
+        sig = np.stack(cols, axis=1)
+        if len(set(d.spf)) > 1:
+            flags = ("multi_frequency",)
+    else:
+        sig = rec.p_signal
+        if sig is None or sig.ndim != 2 or sig.shape[1] != n_sig:
+            raise ReadError(record_id, f"signal has shape {getattr(sig, 'shape', None)}, header says {n_sig} "
+                                       "signals", error_type="length_mismatch")
+        want = None if d.n_samples is None else d.n_samples + d.skew
+        if want is not None and sig.shape[0] != want:
+            raise ReadError(record_id, f"signal has {sig.shape[0]} samples, header says {want}",
+                            error_type="length_mismatch")
+        if d.skew:
+            if d.skew >= sig.shape[0]:
+                raise ReadError(record_id, f"skew of {d.skew} samples leaves no samples of {sig.shape[0]}",
+                                error_type="too_short")
+            sig, flags = sig[: sig.shape[0] - d.skew], ("skew_trimmed",)
+    scale = np.array([UNIT_SCALE.get(str(u).strip().lower(), 1.0) for u in d.units], dtype=np.float64)
     sig = np.asarray(sig, dtype=np.float64)
     if np.any(scale != 1.0):
         sig = sig * scale
-    return np.ascontiguousarray(sig, dtype=np.float32)
+    sig = np.array(sig, dtype=np.float32)
+    for i, (kind, _) in d.bad_channels.items():
+        if kind == "bad_gain":
+            sig[:, i] = np.nan  # wfdb read it with gain 200: not a number anyone should use
+    return np.ascontiguousarray(sig), flags
 
 
-def _read_local(base: str, record_id: str, uri: str, parent: str) -> Record:
-    hdr = parse_local_header(base, record_id)
-    folder = os.path.dirname(base)
-    sizes = {}
-    for name in signal_files(hdr):
-        p = os.path.join(folder, name)
-        sizes[name] = os.path.getsize(p) if os.path.isfile(p) else None
-    check_signal_files(hdr, sizes, record_id)
-    signal = _physical_mv(base, hdr, record_id)
-    return make_record(hdr, signal, record_id, uri, parent)
-
-
-def make_record(hdr, signal: np.ndarray, record_id: str, uri: str, parent: str) -> Record:
-    """Assemble a :class:`Record` from a header and its signal."""
-    meta, dx = header_fields(hdr.comments or [])
+def make_record(d: Described, signal: np.ndarray, flags: tuple[str, ...], record_id: str, uri: str,
+                parent: str) -> Record:
+    """Assemble a :class:`Record` from a described record and its signal."""
+    meta, dx = header_fields(d.comments)
     labels = from_dx(dx) if dx else Labels.none()
-    meta["units"] = list(hdr.units or [])
+    meta["units"] = list(d.units)
+    if any(s != 1 for s in d.spf):
+        meta["samps_per_frame"] = list(d.spf)
+    if d.n_segments is not None:
+        meta["n_segments"] = d.n_segments
     return Record(
         record_id=record_id,
         uri=uri,
         format="wfdb",
         signal=signal,
-        fs=float(hdr.fs),
-        leads=tuple(str(n) for n in hdr.sig_name),
+        fs=float(d.fs),
+        leads=tuple(str(n) for n in d.leads),
         labels=labels,
         dataset=guess_dataset(record_id, parent, labels.scheme),
         meta=meta,
+        flags=flags,
+        bad_channels=dict(d.bad_channels),
     )
 
 
 def read_wfdb(uri: str, record_id: str | None = None) -> Record:
     """Read a WFDB record (local path or ``s3://``), see the module docstring."""
     base_uri = record_base(uri)
-    name = posixpath.basename(base_uri) if is_s3(base_uri) else os.path.basename(base_uri)
-    rid = record_id or name
-    if not is_s3(base_uri):
+    if is_s3(base_uri):
+        fs, path = open_fs(base_uri)
+        folder, name = posixpath.split(path)
+        src = Source(folder, fs, uri_folder=posixpath.dirname(base_uri))
+        parent = posixpath.basename(folder)
+    else:
         base = os.path.abspath(base_uri)
-        return _read_local(base, rid, base_uri, os.path.basename(os.path.dirname(base)))
-    fs, path = open_fs(base_uri)
-    folder = posixpath.dirname(path)
+        folder, name = os.path.split(base)
+        src = Source(folder)
+        parent = os.path.basename(folder)
+    rid = record_id or name
     with tempfile.TemporaryDirectory(prefix="ecgray-wfdb-") as tmp:
-        try:
-            head = fs.cat_file(path + ".hea")
-        except Exception as e:
-            raise fetch_error(rid, f"header {base_uri}.hea", e, "missing_header") from None
-        local = os.path.join(tmp, name)
-        with open(local + ".hea", "wb") as f:
-            f.write(head)
-        hdr = rdheader(local, rid)
-        check_header(hdr, head.decode("latin-1"), rid)
-        sizes: dict[str, int | None] = {}
-        for fname in signal_files(hdr):
-            try:
-                data = fs.cat_file(posixpath.join(folder, fname))
-            except FileNotFoundError:
-                sizes[fname] = None  # listed by the catalog but gone now (404): missing_signal_file
-                continue
-            except Exception as e:
-                raise fetch_error(rid, f"signal file {fname}", e, "missing_signal_file") from None
-            with open(os.path.join(tmp, fname), "wb") as f:
-                f.write(data)
-            sizes[fname] = len(data)
-        check_signal_files(hdr, sizes, rid)
-        signal = _physical_mv(local, hdr, rid)
-    return make_record(hdr, signal, rid, base_uri, posixpath.basename(folder))
+        d = describe(src, name, rid, tmp)
+        for alias, orig in d.files.items():
+            src.stage(orig, os.path.join(tmp, alias), rid)
+        signal, flags = _physical_mv(d, rid)
+    return make_record(d, signal, flags, rid, base_uri, parent)

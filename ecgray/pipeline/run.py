@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 from ecgray.io import catalog, is_s3
+from ecgray.io.catalog import skipped_files
 
 from . import stages
 from .store import (KNOWN_ENTRIES, LOCK, OutputLock, PipelineError, Store, record_fingerprint, shard_hash,
@@ -46,6 +47,7 @@ class RunSummary:
     records_per_s: float = 0.0  # records of the shards written by this run / wall time
     beats: bool = True
     resume: dict = field(default_factory=dict)  # what --resume kept and added (empty for a new plan)
+    skipped: list = field(default_factory=list)  # files the catalog skipped: [{"path", "reason"}] (hidden, not records)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,6 +64,11 @@ def summary_rows(s: RunSummary) -> list[tuple[str, str]]:
         rows.append(("resume", f"{r['committed_shards']} shards kept ({r['committed_records']} records), "
                                f"{len(r['unfinished_shards'])} rerun, {r['new_records']} new records in "
                                f"{len(r['new_shards'])} new shards"))
+    if s.skipped:
+        hidden = sum(1 for x in s.skipped if x["reason"] == "hidden")
+        names = ", ".join(x["path"] for x in s.skipped[:5]) + (", ..." if len(s.skipped) > 5 else "")
+        rows.append(("files skipped (in _manifest.json)",
+                     f"{len(s.skipped)}: {hidden} hidden, {len(s.skipped) - hidden} not records ({names})"))
     rows += [(f"rows {k} (this run)", str(v)) for k, v in s.rows.items()]
     if s.stage_seconds:  # summed over the shards written by this run
         rows.append((f"stage s {'/'.join(s.stage_seconds)}", " / ".join(f"{v:.1f}" for v in s.stage_seconds.values())))
@@ -381,11 +388,16 @@ def run(input: str, output: str, *, model: str, weights: str | None = None, meth
 
     cat = catalog(input, labels_csv=labels_csv)
     rows = cat.to_pylist()
+    skipped = skipped_files(cat)
+    if skipped:
+        log.info("catalog: skipped %d file(s) that are hidden or not records (listed in _manifest.json): %s%s",
+                 len(skipped), ", ".join(x["path"] for x in skipped[:10]), ", ..." if len(skipped) > 10 else "")
     manifest = {
         "input": str(input), "model": str(model), "weights": None if weights is None else str(weights),
         "model_id": mid, "methods": methods, "targets": targets, "output_kind": output_kind, "params": params,
         "shard_size": shard_size, "policy": policy, "keep_relevance": bool(keep_relevance), "beats": with_beats,
         "schema_version": SCHEMA_VERSION, "precision": precision, "n_records": cat.num_rows, "run_id": run_id,
+        "skipped": skipped,
     }
     store = Store(output)
     lock = _hold(OutputLock(store, run_id).acquire())  # refuses while a live run holds the output
@@ -416,6 +428,7 @@ def run(input: str, output: str, *, model: str, weights: str | None = None, meth
     summary = RunSummary(run_id=run_id, output=str(output), records=cat.num_rows, shards=len(shards),
                          shards_skipped=len(shards) - len(todo), beats=with_beats)
     summary.resume = report  # {} for a new plan; see _plan_resume
+    summary.skipped = skipped
     for m in commits.values():
         summary.records_ok += int(m.get("records_ok", 0))
         summary.records_error += int(m.get("records_error", 0))

@@ -99,6 +99,7 @@ def _record_meta(rec) -> SimpleNamespace:
         record_key=rec.record_key, record_id=rec.record_id, uri=rec.uri, dataset=rec.dataset, format=rec.format, fs=float(rec.fs),
         # records_table reads only signal.shape[0]: a zero-byte stand-in with the right shape
         signal=np.broadcast_to(np.float32(0), (int(rec.signal.shape[0]), 1)),
+        # scheme "none" (no labels at all) is kept: records_table writes null label_* for it, not False
         labels=SimpleNamespace(normal=bool(lab.normal), raw=tuple(lab.raw), scheme=lab.scheme,
                                classes=dict(lab.classes)),
     )

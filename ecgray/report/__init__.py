@@ -14,6 +14,15 @@ class. Figures (matplotlib, Agg-free :class:`~matplotlib.figure.Figure`):
 (c) average beats per lead coloured by relevance (one figure per method x class);
 (d) relevance heat-map of one example record per class (only with a ``relevance`` table).
 
+Unlabelled records (no labels in the input: ``label_*`` null; groups
+``unlabelled_predicted_positive`` / ``unlabelled_predicted_negative`` of
+:mod:`ecgray.reduce`) are drawn by the prediction instead of the label: (a)
+shows them as "label unknown" dots with the bin means of both unlabelled groups,
+(b) draws predicted positive vs. predicted negative next to (or, for an
+unlabelled data set, instead of) labelled vs. normal, and (c) draws the beats of
+the unlabelled records predicted the class with those not predicted as the
+dashed reference (a second figure per method x class in a mixed data set).
+
 Every PNG is written next to ``index.html`` and embedded in it as a data URI.
 """
 from __future__ import annotations
@@ -79,30 +88,44 @@ def _summary_section(output: str, points: pl.DataFrame) -> Section:
     else:
         items.append("<p>No errors.</p>")
     # per method x target: groups and outcomes, mean relevance per outcome
+    from .figures import UNLABELLED
+
+    groups = ["positive", "normal", "other"]
+    if points.filter(pl.col("group").is_in(UNLABELLED)).height:
+        groups += list(UNLABELLED)
     s = (points.group_by("method", "target")
-         .agg(*[(pl.col("group") == g).sum().alias(g) for g in ("positive", "normal", "other")],
+         .agg(*[(pl.col("group") == g).sum().alias(g) for g in groups],
               *[(pl.col("outcome") == o).sum().alias(o) for o in ("TP", "FP", "FN", "TN")],
               *[pl.col("relevance_sum").filter(pl.col("outcome") == o).mean().alias(f"r_{o}")
                 for o in ("TP", "FP", "FN", "TN")])
          .sort("method", "target"))
-    rows = [[r["method"], r["target"], r["positive"], r["normal"], r["other"],
+    rows = [[r["method"], r["target"], *[r[g] for g in groups],
              *[f"{r[o]} / {r['r_' + o]:+.3g}" if r[o] else "0 / –" for o in ("TP", "FP", "FN", "TN")]]
             for r in s.iter_rows(named=True)]
-    items.append(table(["method", "target", "positive", "normal", "other", "TP n / mean rel.", "FP n / mean rel.",
-                        "FN n / mean rel.", "TN n / mean rel."], rows, numeric=[False, False] + [True] * 7,
+    heads = {"unlabelled_predicted_positive": "unlabelled, predicted", "unlabelled_predicted_negative":
+             "unlabelled, not predicted"}
+    items.append(table(["method", "target", *[heads.get(g, g) for g in groups], "TP n / mean rel.",
+                        "FP n / mean rel.", "FN n / mean rel.", "TN n / mean rel."], rows,
+                       numeric=[False, False] + [True] * (len(groups) + 4),
                        caption="record windows per group and outcome; mean record relevance per outcome"))
-    return Section("Summary", "Only committed shards are read. Record relevance = sum of relevance over all leads "
-                              "and samples; group: positive = labelled with the class, normal = labelled normal.",
-                   items)
+    intro = ("Only committed shards are read. Record relevance = sum of relevance over all leads and samples; group: "
+             "positive = labelled with the class, normal = labelled normal.")
+    if len(groups) > 3:
+        intro += (" Unlabelled records (no labels in the input, e.g. MIMIC-IV-ECG; groups "
+                  "<code>unlabelled_predicted_positive</code> / <code>unlabelled_predicted_negative</code>) have no "
+                  "outcome; they are split by the model's prediction: unlabelled, predicted = probability of the "
+                  "class ≥ the threshold, unlabelled, not predicted = below it.")
+    return Section("Summary", intro, items)
 
 
-def _top_leads(lead_rel: pl.DataFrame, k: int = 3) -> str:
+def _top_leads(lead_rel: pl.DataFrame, k: int = 3, group: str = "positive") -> str:
     from .figures import lead_label
 
-    d = lead_rel.filter((pl.col("group") == "positive") & (pl.col("rank") <= k)).sort("method", "target", "rank")
+    d = lead_rel.filter((pl.col("group") == group) & (pl.col("rank") <= k)).sort("method", "target", "rank")
     rows = (d.group_by("method", "target", maintain_order=True)
             .agg(pl.col("lead").str.join(", "), pl.col("share_abs").sum().alias("share")))
-    return table(["method", "target", f"top {k} leads (mean relevance, labelled records)", "their share of |relevance|"],
+    who = "labelled records" if group == "positive" else "unlabelled records predicted the class"
+    return table(["method", "target", f"top {k} leads (mean relevance, {who})", "their share of |relevance|"],
                  [[m, t, ", ".join(lead_label(x) for x in l.split(", ")), f"{s:.0%}" if s is not None else "–"]
                   for m, t, l, s in rows.iter_rows()],
                  numeric=[False, False, False, True])
@@ -154,15 +177,32 @@ def build_report(output: str, tables: dict[str, pl.DataFrame], *, threshold: flo
     sec = Section("Relevance per lead", "Which leads does the model use for each class?")
     for m in methods:
         sec.items.append(add(F.fig_lead_bars(lr, m, targets), f"leads_{m}", f"relevance per lead, {m}"))
-    sec.items.append(_top_leads(lr))
+    has_unlabelled = pts.filter(pl.col("group").is_in(F.UNLABELLED)).height > 0
+    has_labelled = pts.filter(pl.col("group").is_in(F.LABELLED)).height > 0 or not has_unlabelled
+    if has_labelled:
+        sec.items.append(_top_leads(lr))
+    if has_unlabelled:
+        sec.items.append(_top_leads(lr, group="unlabelled_predicted_positive"))
     sections.append(sec)
     sec = Section("Average beats", "Which part of the beat carries the relevance?")
     for m in methods:
         for t in targets:
-            if br.filter(method=m, target=t, group="positive").height:
-                sec.items.append(add(F.fig_average_beats(br, wr, m, t), f"beats_{m}_{t}", f"average beats {t}, {m}"))
-            else:
-                sec.items.append(f"<p class=\"note\">No beats of records labelled {esc(t)} ({esc(m)}).</p>")
+            present = set(pts.filter(method=m, target=t)["group"].unique().to_list())
+            has_labelled = bool(present & set(F.LABELLED)) or not present & set(F.UNLABELLED)
+            has_unlabelled = bool(present & set(F.UNLABELLED))
+            if has_labelled:
+                if br.filter(method=m, target=t, group="positive").height:
+                    sec.items.append(add(F.fig_average_beats(br, wr, m, t), f"beats_{m}_{t}",
+                                         f"average beats {t}, {m}"))
+                else:
+                    sec.items.append(f"<p class=\"note\">No beats of records labelled {esc(t)} ({esc(m)}).</p>")
+            if has_unlabelled:
+                if br.filter(method=m, target=t, group="unlabelled_predicted_positive").height:
+                    sec.items.append(add(F.fig_average_beats(br, wr, m, t, group="unlabelled_predicted_positive"),
+                                         f"beats_unlabelled_{m}_{t}", f"average beats {t}, {m}, unlabelled records"))
+                else:
+                    sec.items.append(f"<p class=\"note\">No beats of unlabelled records predicted {esc(t)} "
+                                     f"(probability ≥ {threshold:g}; {esc(m)}).</p>")
     sections.append(sec)
     sec = Section("Example records", "")
     rel = scan_table(output, "relevance")

@@ -11,23 +11,54 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from ecgray.reduce import LABELLED_GROUPS as LABELLED
+from ecgray.reduce import UNLABELLED_GROUPS as UNLABELLED
 from schemas.tables import LEADS
 
 # Clinical 12-lead printout: rows I/aVR/V1/V4, II/aVL/V2/V5, III/aVF/V3/V6.
 CLINICAL_LAYOUT = (("DI", "AVR", "V1", "V4"), ("DII", "AVL", "V2", "V5"), ("DIII", "AVF", "V3", "V6"))
 LEAD_LABEL = {"DI": "I", "DII": "II", "DIII": "III", "AVR": "aVR", "AVL": "aVL", "AVF": "aVF"}
+#: group -> (colour, legend label); ``{target}`` in a label is the class (``"the class"`` where several are drawn)
 GROUP_STYLE = {"positive": ("#1f5fa8", "labelled with the class"), "normal": ("#2e8b57", "normal"),
-               "other": ("#8c8c8c", "other")}
+               "other": ("#8c8c8c", "other"),
+               "unlabelled_predicted_positive": ("#7b3294", "unlabelled, predicted {target}"),
+               "unlabelled_predicted_negative": ("#a6761d", "unlabelled, not predicted")}
+#: colour names of the groups, for captions
+GROUP_COLOUR_NAME = {"positive": "blue", "normal": "green", "other": "grey", "unlabelled_predicted_positive": "purple",
+                     "unlabelled_predicted_negative": "brown"}
 OUTCOME_STYLE = {  # marker, colour, size, label
     "TN": ("o", "#b0b0b0", 10, "TN"), "TP": ("o", "#1f5fa8", 16, "TP"),
     "FP": ("x", "#d62728", 36, "FP (false positive)"), "FN": ("v", "#ff7f0e", 36, "FN (false negative)"),
-    None: (".", "#d9d9d9", 8, "label unknown"),
+    None: ("D", "#8c8c8c", 12, "label unknown"),
 }
 CMAP = "RdBu_r"  # diverging: blue = negative relevance, red = positive, white = 0
 
 
 def lead_label(lead: str) -> str:
     return LEAD_LABEL.get(lead, lead)
+
+
+def group_label(group: str, target: str | None = None) -> str:
+    """Legend label of a group (``target``: the class, when one is drawn)."""
+    return GROUP_STYLE[group][1].format(target=target or "the class")
+
+
+def _group_list(groups, target: str | None = None) -> str:
+    """Caption text naming the groups drawn and their colours: ``blue = labelled with the class, ...``."""
+    return ", ".join(f"{GROUP_COLOUR_NAME[g]} = {group_label(g, target)}" for g in groups)
+
+
+def drawn_groups(groups_present) -> tuple[str, ...]:
+    """The pairs a figure compares, from the groups present: labelled (positive vs. normal) when any labelled
+    record is there, unlabelled (predicted positive vs. predicted negative) when any unlabelled one is; both
+    for a mixed data set."""
+    present = set(groups_present)
+    out: tuple[str, ...] = ()
+    if present & set(LABELLED) or not present & set(UNLABELLED):
+        out += ("positive", "normal")
+    if present & set(UNLABELLED):
+        out += UNLABELLED
+    return out
 
 
 def to_png(fig: Figure, dpi: int = 100) -> bytes:
@@ -57,8 +88,9 @@ def fig_relevance_vs_probability(points: pl.DataFrame, binned: pl.DataFrame, met
                            linewidths=1.2 if mk in "xv" else 0.3, zorder=3 if outcome in ("FP", "FN") else 2,
                            label=f"{label} (n={sel.height})")
         b = binned.filter(method=method, target=t)
-        for g, (col, glabel) in GROUP_STYLE.items():
+        for g, (col, _) in GROUP_STYLE.items():
             bg = b.filter(group=g).sort("bin")
+            glabel = group_label(g)
             if bg.height:
                 x = ((bg["bin_low"] + bg["bin_high"]) / 2).to_numpy()
                 y = bg["mean_relevance_sum"].to_numpy()
@@ -69,8 +101,13 @@ def fig_relevance_vs_probability(points: pl.DataFrame, binned: pl.DataFrame, met
         ax.axvline(threshold, color="k", lw=0.8, ls="--")
         stats = (d.filter(pl.col("outcome").is_not_null()).group_by("outcome")
                  .agg(pl.len().alias("n"), pl.col("relevance_sum").mean().alias("m")))
-        txt = "\n".join(f"{r['outcome']}: mean {r['m']:+.3g} (n={r['n']})"
-                        for r in stats.sort("outcome").iter_rows(named=True))
+        lines = [f"{r['outcome']}: mean {r['m']:+.3g} (n={r['n']})" for r in stats.sort("outcome").iter_rows(named=True)]
+        unl = (d.filter(pl.col("group").is_in(UNLABELLED)).group_by("group")
+               .agg(pl.len().alias("n"), pl.col("relevance_sum").mean().alias("m")))
+        short = {"unlabelled_predicted_positive": "unlab. pred. +", "unlabelled_predicted_negative": "unlab. pred. −"}
+        lines += [f"{short[r['group']]}: mean {r['m']:+.3g} (n={r['n']})"
+                  for r in unl.sort("group", descending=True).iter_rows(named=True)]
+        txt = "\n".join(lines)
         if txt:
             ax.text(0.02, 0.98, txt, transform=ax.transAxes, va="top", ha="left", fontsize=8,
                     bbox=dict(boxstyle="round", fc="white", ec="0.7", alpha=0.9))
@@ -89,21 +126,32 @@ def fig_relevance_vs_probability(points: pl.DataFrame, binned: pl.DataFrame, met
                bbox_to_anchor=(0.5, 0.005))
     fig.subplots_adjust(left=0.75 / W, right=1 - 0.2 / W, top=1 - 0.4 / H, bottom=1.3 / H,
                         hspace=0.9 / 4.2, wspace=0.25)
+    sel = binned.filter(method=method)
+    groups = [g for g in GROUP_STYLE if sel.filter(group=g).height] or list(LABELLED)
+    unlabelled = [g for g in groups if g in UNLABELLED]
     caption = (f"<b>Relevance vs. probability ({method}).</b> One dot per record window: x = the model's probability of "
                f"the class, y = the record's total relevance for the class (sum of relevance over all 12 leads and "
                f"samples). Misclassifications at threshold {threshold:g} (dashed line) are marked: red × = false "
                "positive, orange ▼ = false negative. Squares with error bars: mean per probability bin with a 95 % "
-               "bootstrap CI, per group (blue = labelled with the class, green = normal, grey = other). "
-               "<i>Read off:</i> whether relevance rises with the probability, and whether it stays near zero for "
-               "false classifications (the box gives the mean relevance per outcome TP/FP/FN/TN).")
+               f"bootstrap CI, per group ({_group_list(groups)}). ")
+    if unlabelled:
+        caption += ("Unlabelled records (no labels in the input) have no outcome: they are the grey "
+                    "“label unknown” diamonds, and their bin means are split by the prediction (probability ≥ "
+                    f"{threshold:g}: predicted the class; below: not predicted). ")
+    caption += ("<i>Read off:</i> whether relevance rises with the probability, and whether it stays near zero for "
+                "false classifications (the box gives the mean relevance per outcome TP/FP/FN/TN"
+                + (", and per unlabelled group" if unlabelled else "") + ").")
     return fig, caption
 
 
 # ------------------------------------------------------------------------------- (b) per-lead bars
-def fig_lead_bars(lead_rel: pl.DataFrame, method: str, targets: list[str], groups=("positive", "normal")):
+def fig_lead_bars(lead_rel: pl.DataFrame, method: str, targets: list[str], groups=None):
+    """``groups``: the bars per class; default :func:`drawn_groups` of the method's groups (positive vs. normal,
+    and unlabelled predicted positive vs. predicted negative when the data set has unlabelled records)."""
     fig = Figure(figsize=(15, 10))
     axes = fig.subplots(3, 4, sharey=True)
     d = lead_rel.filter(method=method)
+    groups = tuple(groups) if groups is not None else drawn_groups(d["group"].unique().to_list())
     x = np.arange(len(targets))
     width = 0.8 / len(groups)
     for r, row in enumerate(CLINICAL_LAYOUT):
@@ -121,7 +169,7 @@ def fig_lead_bars(lead_rel: pl.DataFrame, method: str, targets: list[str], group
                 err = np.vstack([means - lo, hi - means])
                 err = np.where(np.isfinite(err), np.clip(err, 0, None), 0)
                 ax.bar(x + (gi - (len(groups) - 1) / 2) * width, np.nan_to_num(means), width, yerr=err, capsize=2,
-                       color=GROUP_STYLE[g][0], alpha=0.85, label=GROUP_STYLE[g][1], error_kw=dict(lw=0.8))
+                       color=GROUP_STYLE[g][0], alpha=0.85, label=group_label(g), error_kw=dict(lw=0.8))
             ax.axhline(0, color="k", lw=0.6)
             ax.set_title(lead_label(lead), fontsize=12, fontweight="bold")
             ax.set_xticks(x, targets, fontsize=8, rotation=0)
@@ -132,24 +180,37 @@ def fig_lead_bars(lead_rel: pl.DataFrame, method: str, targets: list[str], group
     fig.legend(handles, labels, loc="upper center", ncol=len(groups), frameon=False, bbox_to_anchor=(0.5, 0.955))
     fig.suptitle(f"Relevance per lead ({method})", y=0.985)
     fig.subplots_adjust(left=0.06, right=0.985, bottom=0.05, top=0.885, hspace=0.35, wspace=0.08)
+    pairs = []
+    if "positive" in groups or "normal" in groups:
+        pairs.append("in records labelled with that class (blue) vs. normal records (green)")
+    if set(UNLABELLED) & set(groups):
+        pairs.append("in unlabelled records the model predicts the class for (probability ≥ threshold; purple) vs. "
+                     "unlabelled records it does not (brown)")
     caption = (f"<b>Relevance per lead ({method}), clinical 12-lead layout</b> (rows I, aVR, V1, V4 / II, aVL, V2, V5 / "
                "III, aVF, V3, V6). In each lead: mean relevance of the lead (sum over its samples) for each target "
-               "class, in records labelled with that class (blue) vs. normal records (green), with 95 % CIs (normal "
-               "approximation, mean ± 1.96·sd/√n). <i>Read off:</i> which leads carry the evidence for a class (tall "
-               "blue bars, well above the green ones), e.g. whether LBBB/RBBB decisions rest on V1/V6 and aVL, and AF "
-               "decisions on the rhythm leads II/V1.")
+               f"class, {'; and '.join(pairs)}, with 95 % CIs (normal approximation, mean ± 1.96·sd/√n). "
+               "<i>Read off:</i> which leads carry the evidence for a class ("
+               + ("tall blue bars, well above the green ones" if "positive" in groups else
+                  "tall purple bars, well above the brown ones")
+               + "), e.g. whether LBBB/RBBB decisions rest on V1/V6 and aVL, and AF decisions on the rhythm leads "
+               "II/V1.")
     return fig, caption
 
 
 # ----------------------------------------------------------------------------- (c) average beats
 def fig_average_beats(beat_rel: pl.DataFrame, wave_rel: pl.DataFrame, method: str, target: str,
-                      group: str = "positive", waves: dict | None = None):
+                      group: str = "positive", waves: dict | None = None, reference: str | None = None):
+    """``group``: the records whose beats are drawn in colour; ``reference``: the group drawn as a dashed
+    reference (default: ``"normal"``, or ``"unlabelled_predicted_negative"`` for
+    ``group="unlabelled_predicted_positive"``)."""
     from ecgray.reduce import WAVES
 
     waves = waves or WAVES
+    if reference is None:
+        reference = "unlabelled_predicted_negative" if group in UNLABELLED else "normal"
     d = beat_rel.filter(method=method, target=target)
     dg = d.filter(group=group)
-    dn = d.filter(group="normal")
+    dn = d.filter(group=reference)
     vmax = float(np.nanmax(np.abs(dg["mean_relevance"].to_numpy()))) if dg.height else 1.0
     vmax = vmax if np.isfinite(vmax) and vmax > 0 else 1.0
     norm = TwoSlopeNorm(vmin=-vmax, vcenter=0.0, vmax=vmax)
@@ -192,17 +253,27 @@ def fig_average_beats(beat_rel: pl.DataFrame, wave_rel: pl.DataFrame, method: st
     if lc is not None:
         cb = fig.colorbar(lc, cax=fig.add_axes((0.92, 0.25, 0.012, 0.5)))
         cb.set_label("mean relevance (per sample)")
-    handles = [Line2D([], [], color="tab:red", lw=2.6, label=f"{group} records: average beat coloured by relevance"),
-               Line2D([], [], color="0.55", lw=1, ls="--", label="normal records: average beat")]
+    what = {"positive": f"records labelled {target}", "normal": "normal records", "other": "other records",
+            "unlabelled_predicted_positive": f"unlabelled records predicted {target}",
+            "unlabelled_predicted_negative": f"unlabelled records not predicted {target}"}
+    n_ref = int(dn["n"].max()) if dn.height else 0
+    handles = [Line2D([], [], color="tab:red", lw=2.6, label=f"{what[group]}: average beat coloured by relevance"),
+               Line2D([], [], color="0.55", lw=1, ls="--", label=f"{what[reference]}: average beat")]
     fig.legend(handles=handles, loc="upper center", ncol=2, frameon=False, bbox_to_anchor=(0.475, 0.955))
-    fig.suptitle(f"Average beats, {target} ({method}; {n_rec} {group} records)", x=0.475, y=0.985)
+    fig.suptitle(f"Average beats, {target} ({method}; {n_rec} {what[group]}, {n_ref} {what[reference]})",
+                 x=0.475, y=0.985)
+    pred = (f" (unlabelled: the input has no labels for them; predicted = model probability of {target} ≥ the "
+            "threshold)" if group in UNLABELLED or reference in UNLABELLED else "")
+    ref_txt = (f"the dashed grey line the average beat of the {what[reference]}" if dn.height else
+               f"no dashed line: no beats of {what[reference]}")
     caption = (f"<b>Average beats for {target} ({method}).</b> Per lead, the average beat (−300…+500 ms around the "
-               f"R-peak) of records labelled {target}, averaged over records, drawn in colour by its mean relevance "
+               f"R-peak) of the {what[group]}{pred}, averaged over records, drawn in colour by its mean relevance "
                "for the class (red = evidence for, blue = against, white = none; colour scale centred at 0); the "
-               "grey band is the signal's 95 % CI and the dashed grey line the normal records' average beat. Shaded "
+               f"grey band is the signal's 95 % CI and {ref_txt}. Shaded "
                "windows: P (−250…−100 ms), QRS (−50…+60 ms), T (+120…+400 ms); the box gives the sign of the mean "
                "wave relevance (+/− when its 95 % CI excludes 0, else 0). <i>Read off:</i> which part of the beat "
-               "(P wave, QRS, ST-T) in which lead drives the decision, and how the beat differs from normal there.")
+               "(P wave, QRS, ST-T) in which lead drives the decision, and how the beat differs from "
+               + ("normal" if reference == "normal" else f"the {what[reference]}") + " there.")
     return fig, caption
 
 
