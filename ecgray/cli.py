@@ -182,7 +182,7 @@ def catalog(
 @app.command()
 def explain(
     records: List[str] = typer.Argument(..., help="Record paths or URIs (WFDB without extension, .hea, or .hdf5[#row]); a folder means all of its records."),
-    model: str = typer.Option("demo", "--model", "-m", help="Model name (see `ecgray models`) or a .hdf5/.h5/.safetensors file."),
+    model: str = typer.Option("demo", "--model", "-m", help="Model name (see `ecgray models`; also `ecgray.models` entry points), package.module:factory, or a .hdf5/.h5/.safetensors file."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Weights file for a named model (e.g. the official model.hdf5 for ribeiro2020)."),
     method: List[str] = typer.Option(["integrated_gradients"], "--method", help="Attribution method(s); repeat or comma-separate. See `ecgray methods`."),
     target: Optional[List[str]] = typer.Option(None, "--target", "-t", help="Target class(es) (AF, LBBB, ...) or 'all' (default)."),
@@ -202,9 +202,11 @@ def explain(
     from .explain import ExplainConfig, explain as run_explain, new_run_id
 
     try:
+        from .explain import require_table_layout
         from .models import load_model, model_id
 
         net = load_model(model, weights=weights)
+        require_table_layout(net)
     except ModelError as exc:
         fail(str(exc))
     methods = _resolve_methods(method)
@@ -274,11 +276,11 @@ def _method_params(methods: list[str], params: dict) -> dict[str, dict]:
                 fail(f"--param {key}: unknown method {m!r}")
             if name not in routed:
                 fail(f"--param {key}: method {name} is not among --method {','.join(methods)}")
-            if k not in resolve_method(name).defaults:
+            if not resolve_method(name).accepts(k):
                 fail(f"--param {key}: {name} takes {', '.join(sorted(resolve_method(name).defaults)) or 'no parameters'}")
             routed[name][k] = value
             continue
-        takers = [m for m in methods if key in resolve_method(m).defaults]
+        takers = [m for m in methods if resolve_method(m).accepts(key)]
         if not takers:
             fail(f"--param {key}: none of {', '.join(methods)} takes it")
         for m in takers:
@@ -372,7 +374,7 @@ def synth(
 def run_pipeline(
     input: str = typer.Option(..., "--input", "-i", help="Folder or s3:// prefix with the records (WFDB and/or CODE-15 HDF5)."),
     output: str = typer.Option(..., "--output", "-o", help="Output folder or s3:// prefix (sharded Parquet tables + commit markers)."),
-    model: str = typer.Option("demo", "--model", "-m", help="Model name (see `ecgray models`) or a .hdf5/.h5/.safetensors file."),
+    model: str = typer.Option("demo", "--model", "-m", help="Model name (see `ecgray models`; also `ecgray.models` entry points), package.module:factory, or a .hdf5/.h5/.safetensors file."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Weights file (or seed for 'random') of a named model."),
     method: List[str] = typer.Option(["saliency"], "--methods", "--method", help="Attribution method(s), comma-separated or repeated."),
     target: Optional[List[str]] = typer.Option(None, "--targets", "--target", "-t", help="Target classes (AF,LBBB) or 'all' (default)."),

@@ -176,6 +176,39 @@ def per_lead_tables(run_id: str, cfg: ExplainConfig, items, attr, method: str, c
     return out
 
 
+def require_table_layout(model) -> None:
+    """Refuse a model whose spec the output tables cannot hold yet (:class:`ModelError`).
+
+    The tables (``schemas.tables``, version 3) have one ``prob_<class>`` / ``label_<class>`` column per
+    class of Ribeiro et al. 2020 and the 12 standard leads, and the beats stage works on 400 Hz windows
+    of 4,096 samples; so ``explain``/``run`` take a model -- yours too (``package.module:factory``, an
+    ``ecgray.models`` entry point) -- whose :class:`~ecgray.models.spec.ModelSpec` has those leads (in
+    any spelling, that order), fs, length and classes with a sigmoid output. Other specs are read and
+    preprocessed (:func:`ecgray.preprocess.preprocess`) and attributed (:func:`ecgray.attribution.attribute`)
+    but not yet written as tables.
+    """
+    from .errors import ModelError
+    from .leads import canonical_lead
+    from .models.spec import RIBEIRO2020, spec_of
+
+    spec = spec_of(model)
+    ref = RIBEIRO2020
+    diff = []
+    if [canonical_lead(x) for x in spec.leads] != list(ref.leads):
+        diff.append(f"leads {list(spec.leads)} (tables: {list(ref.leads)})")
+    if (spec.fs, spec.n_samples) != (ref.fs, ref.n_samples):
+        diff.append(f"{spec.fs:g} Hz x {spec.n_samples} samples (tables: {ref.fs:g} Hz x {ref.n_samples})")
+    if spec.classes != ref.classes:
+        diff.append(f"classes {list(spec.classes)} (tables: {list(ref.classes)})")
+    if spec.activation != ref.activation:
+        diff.append(f"{spec.activation} output (tables: {ref.activation})")
+    if diff:
+        raise ModelError(f"{getattr(model, 'source', None) or type(model).__name__}: ecgray's output tables "
+                         f"cannot hold this model yet: {'; '.join(diff)}. Its inputs and attributions work "
+                         "through ecgray.preprocess.preprocess(rec, spec=model.spec) and "
+                         "ecgray.attribution.attribute")
+
+
 def explain_windows(model, items: list[tuple[object, object]], cfg: ExplainConfig, *, run_id: str) -> dict[str, pa.Table]:
     """Explain a batch of ``(record, window)`` pairs with every method of ``cfg``.
 
@@ -184,6 +217,7 @@ def explain_windows(model, items: list[tuple[object, object]], cfg: ExplainConfi
     """
     from .attribution import attribute
 
+    require_table_layout(model)
     x = np.stack([w.x for _, w in items]).astype(np.float32, copy=False)
     tables: dict[str, list[pa.Table]] = {"records": [], "relevance_summary": [], "relevance": []}
     probs = None
@@ -218,6 +252,7 @@ def explain(model, uris: Sequence[str], cfg: ExplainConfig, *, run_id: str | Non
     Every URI ends either in the output tables or as exactly one row of ``errors``. ``record_keys``
     (one per URI, e.g. the catalog's ``record_key``) name the records in the tables; default: the URIs.
     """
+    require_table_layout(model)
     run_id = run_id or new_run_id()
     errors: list[dict] = []
     if record_keys is not None and len(record_keys) != len(uris):

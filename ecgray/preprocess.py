@@ -52,7 +52,6 @@ Steps and policies (in this order):
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Sequence
@@ -61,7 +60,9 @@ import numpy as np
 from scipy.signal import resample_poly
 
 from ecgray.errors import LeadError, SignalError
+from ecgray.leads import canonical_lead
 from ecgray.models.ribeiro2020 import FS, LEADS, N_SAMPLES
+from ecgray.models.spec import RIBEIRO2020
 
 POLICIES = ("first", "centre", "center", "windows")
 MIN_SECONDS = 2.0
@@ -69,15 +70,6 @@ FLAT_MV = 0.01
 MAX_ABS_MV = 20.0
 MAX_OUTLIER_FRACTION = 0.01
 SATURATION_RUN_S = 0.1
-
-_ALIASES = {
-    "I": "DI", "DI": "DI", "D1": "DI",
-    "II": "DII", "DII": "DII", "D2": "DII",
-    "III": "DIII", "DIII": "DIII", "D3": "DIII",
-    "AVR": "AVR", "AVL": "AVL", "AVF": "AVF",
-    **{f"V{i}": f"V{i}" for i in range(1, 7)},
-}
-
 
 @dataclass
 class Prepared:
@@ -97,17 +89,11 @@ class Prepared:
     flags: tuple[str, ...] = ()
 
 
-def canonical_lead(name: str) -> str | None:
-    """Model lead name for a file's lead name, None if unknown (see module docstring); a leading ``ECG``/``EKG``
-    word (EDF labels: ``ECG I``, ``EKG V1``, ``ECG Lead II``) is ignored like ``Lead`` (``ECG1`` stays unknown)."""
-    s = re.sub(r"^\s*(?:(?:ecg|ekg)[\s_-]+)?(?:lead[\s_-]*)?", "", str(name), flags=re.IGNORECASE)
-    s = re.sub(r"\s+", "", s).upper()
-    return _ALIASES.get(s)
-
-
-def reorder_leads(signal: np.ndarray, leads: Sequence[str], *,
-                  record_id: str | None = None) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Return ``(signal[:, model order], flags)``; ``signal`` is ``(n_samples, n_leads)``.
+def reorder_leads(signal: np.ndarray, leads: Sequence[str], *, record_id: str | None = None,
+                  model_leads: Sequence[str] = LEADS) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Return ``(signal[:, model order], flags)``; ``signal`` is ``(n_samples, n_leads)``; ``model_leads``
+    the model's leads in input order (:attr:`ecgray.models.spec.ModelSpec.leads`; default the 12 of
+    Ribeiro et al.), matched by :func:`ecgray.leads.canonical_lead`.
 
     Raises :class:`LeadError` ``missing_leads`` / ``duplicate_leads``.
     """
@@ -124,30 +110,31 @@ def reorder_leads(signal: np.ndarray, leads: Sequence[str], *,
     if dups:
         raise LeadError(record_id, "duplicate leads: " + "; ".join(f"{c} <- {n}" for c, n in dups.items()),
                         error_type="duplicate_leads")
-    missing = [lead for lead in LEADS if lead not in seen]
+    wanted = [canonical_lead(m) or str(m) for m in model_leads]
+    missing = [m for m, w in zip(model_leads, wanted) if w not in seen]
     if missing:
         unknown = [str(n) for n, c in zip(leads, canon) if c is None]
-        msg = f"missing leads {missing}" + (f" (unknown leads {unknown})" if unknown else "")
+        msg = f"missing leads {list(missing)}" + (f" (unknown leads {unknown})" if unknown else "")
         raise LeadError(record_id, msg, error_type="missing_leads")
-    order = [canon.index(lead) for lead in LEADS]
-    flags = ("extra_leads_dropped",) if len(leads) > len(LEADS) else ()
+    order = [canon.index(w) for w in wanted]
+    flags = ("extra_leads_dropped",) if len(leads) > len(order) else ()
     return signal[:, order], flags
 
 
-def lead_order(leads: Sequence[str]) -> list[int]:
+def lead_order(leads: Sequence[str], model_leads: Sequence[str] = LEADS) -> list[int]:
     """Indices of the model's leads among ``leads`` (after :func:`reorder_leads` accepted them)."""
     canon = [canonical_lead(n) for n in leads]
-    return [canon.index(lead) for lead in LEADS]
+    return [canon.index(canonical_lead(m) or str(m)) for m in model_leads]
 
 
-def check_channels(rec) -> None:
+def check_channels(rec, model_leads: Sequence[str] = LEADS) -> None:
     """Raise the reader's error for a channel the model needs that is not usable in mV
     (:attr:`ecgray.io.Record.bad_channels`: ``bad_units``, ``bad_gain``), naming the lead; a bad
     channel the model does not need is dropped with the other extra channels."""
     bad = getattr(rec, "bad_channels", None) or {}
     if not bad:
         return
-    hits = [(i, bad[i]) for i in lead_order(rec.leads) if i in bad]
+    hits = [(i, bad[i]) for i in lead_order(rec.leads, model_leads) if i in bad]
     if hits:
         kind = hits[0][1][0]
         reasons = [r for _, (k, r) in hits if k == kind]
@@ -271,11 +258,16 @@ def check_signal(signal: np.ndarray, fs: float, *, record_id: str | None = None,
 
 
 def preprocess(rec, *, policy: str = "first", stride_s: float | None = None,
-               max_windows: int | None = None) -> list[Prepared]:
+               max_windows: int | None = None, spec=None) -> list[Prepared]:
     """Model input windows of one record (see the module docstring for every policy).
+
+    ``spec`` (:class:`ecgray.models.spec.ModelSpec`, default the Ribeiro et al. 2020 network's) gives the
+    model's leads and their order, sampling rate, window length and input units/normalisation: the
+    windows are ``(len(spec.leads), spec.n_samples)`` at ``spec.fs``.
 
     Raises :class:`LeadError` / :class:`SignalError` (stage ``preprocess``).
     """
+    spec = spec or RIBEIRO2020
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
     if stride_s is not None and not stride_s > 0:
@@ -283,19 +275,20 @@ def preprocess(rec, *, policy: str = "first", stride_s: float | None = None,
     if max_windows is not None and max_windows < 1:
         raise ValueError(f"max_windows must be >= 1, got {max_windows!r}")
     rid = rec.record_id
-    signal, flags = reorder_leads(rec.signal, rec.leads, record_id=rid)
-    check_channels(rec)
+    signal, flags = reorder_leads(rec.signal, rec.leads, record_id=rid, model_leads=spec.leads)
+    check_channels(rec, spec.leads)
     flags = tuple(getattr(rec, "flags", ()) or ()) + flags
-    flags += check_signal(signal, rec.fs, record_id=rid)
-    up, down = resample_factors(float(rec.fs))
+    flags += check_signal(signal, rec.fs, record_id=rid, leads=spec.leads)
+    up, down = resample_factors(float(rec.fs), spec.fs)
     if up != down:
         flags += ("resampled",)
-    y = resample(signal, float(rec.fs))
-    stride = None if stride_s is None else max(1, int(round(stride_s * FS)))
-    windows, fit_flags = fit_length(y, N_SAMPLES, policy=policy, stride=stride, max_windows=max_windows)
+    y = resample(signal, float(rec.fs), spec.fs)
+    stride = None if stride_s is None else max(1, int(round(stride_s * spec.fs)))
+    windows, fit_flags = fit_length(y, spec.n_samples, policy=policy, stride=stride, max_windows=max_windows)
     flags += fit_flags
     return [
-        Prepared(record_id=rid, window=i, offset=int(off), x=np.ascontiguousarray(w.T, dtype=np.float32),
+        Prepared(record_id=rid, window=i, offset=int(off),
+                 x=np.ascontiguousarray(spec.to_input(w).T, dtype=np.float32),
                  fs_in=float(rec.fs), n_samples_in=int(rec.signal.shape[0]), flags=flags)
         for i, (off, w) in enumerate(windows)
     ]

@@ -188,7 +188,7 @@ def test_ig_completeness(model, x):
     assert rel_record.max() < 0.05, rel_record
     assert np.median(np.abs(res.delta) / np.abs(gain)) < 0.05
     assert res.params == {
-        "baseline": "zeros",
+        "baselines": "zeros",
         "n_steps": 50,
         "integration_method": "gausslegendre",
         "internal_batch_size": res.params["internal_batch_size"],
@@ -206,13 +206,13 @@ def test_ig_completeness(model, x):
 def test_ig_baseline_and_probability_output(model, x):
     """output='probability': relevance and delta refer to sigmoid outputs; a given baseline is used."""
     base = 0.1 * np.ones((12, N_SAMPLES), dtype=np.float32)
-    res = attribute(model, x[:1], targets=["AF", "SB"], method="ig", n_steps=32, baseline=base, output="probability")
+    res = attribute(model, x[:1], targets=["AF", "SB"], method="ig", n_steps=32, baselines=base, output="probability")
     sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
     gain = sig(forward(model, x[:1])) - sig(forward(model, base[None]))
     gain = gain[:, [4, 3]]
     np.testing.assert_allclose(res.relevance.sum(axis=(2, 3)) - gain, res.delta, atol=1e-5)
     assert np.all(np.abs(res.delta) <= 0.05 * np.abs(gain).max() + 1e-6)
-    assert res.params["output"] == "probability" and res.params["baseline"].startswith("array(shape=[12, 1024]")
+    assert res.params["output"] == "probability" and res.params["baselines"].startswith("array(shape=[12, 1024]")
     # logits/probabilities are still those of the plain model
     close(res.logits, forward(model, x[:1]))
 
@@ -356,7 +356,7 @@ def test_model_state_restored_and_dropout_off(x):
     np.testing.assert_array_equal(got.relevance, ref.relevance)
     # restored even when the method fails mid-way
     with pytest.raises(ValueError, match="baseline"):
-        attribute(model, x[:1], method="ig", baseline=np.zeros((12, 7)))
+        attribute(model, x[:1], method="ig", baselines=np.zeros((12, 7)))
     assert {n: m.training for n, m in model.named_modules()} == training
     assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
 

@@ -46,6 +46,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ecgray.attribution.base import resolve_method
+
 OUTPUTS = ("logit", "probability")
 MULTI_TARGET = ("auto", "shared", "rows")
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -57,7 +59,8 @@ class Attribution:
 
     * ``relevance``: float32 ``(N, T, leads, L)`` -- relevance of every input sample
       for target ``targets[t]`` of record ``n``;
-    * ``probabilities``: float32 ``(N, C)`` -- sigmoid of the model's logits on ``x``;
+    * ``probabilities``: float32 ``(N, C)`` -- the model's probabilities on ``x`` (sigmoid of the logits, or
+      softmax for a model whose spec says ``activation="softmax"``);
     * ``logits``: float32 ``(N, C)``;
     * ``targets``: class names, length T, in the order of axis 1 of ``relevance``;
     * ``method``: canonical method name (``"integrated_gradients"``, ...);
@@ -96,13 +99,21 @@ class Attribution:
 # ---------------------------------------------------------------------------
 
 
+def _activation(model: nn.Module) -> str:
+    """``"sigmoid"`` or ``"softmax"``: the output activation of the model's spec (sigmoid without one)."""
+    spec = getattr(model, "spec", None)
+    return getattr(spec, "activation", None) or "sigmoid"
+
+
 class _SigmoidOutput(nn.Module):
-    """``sigmoid(model(x))`` as modules (``nn.Sigmoid``), for ``output="probability"``."""
+    """The model's probabilities as modules, for ``output="probability"``: ``sigmoid(model(x))``
+    (``nn.Sigmoid``), or ``softmax`` over the classes (``nn.Softmax``) for a single-label model whose
+    :class:`~ecgray.models.spec.ModelSpec` says so."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        self.sigmoid = nn.Sigmoid()
+        self.sigmoid = nn.Softmax(dim=-1) if _activation(model) == "softmax" else nn.Sigmoid()
         self.classes = getattr(model, "classes", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
@@ -242,8 +253,6 @@ def attribute(
     seeded random network's by 3-14 %, bf16 by 10-40 %; they run 3x / 4-6x
     faster than float32. On CPU only ``"fp32"`` exists.
     """
-    from ecgray.attribution.methods import resolve_method
-
     cls = resolve_method(method)
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
@@ -320,7 +329,8 @@ def attribute(
     prov["multi_target"] = "shared" if shared else "rows"
     return Attribution(
         relevance=relevance,
-        probabilities=torch.sigmoid(logits).numpy().astype(np.float32),
+        probabilities=(torch.softmax(logits, dim=-1) if _activation(model) == "softmax" else torch.sigmoid(logits))
+        .numpy().astype(np.float32),
         logits=logits.numpy().astype(np.float32),
         targets=t_names,
         method=cls.name,

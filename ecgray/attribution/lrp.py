@@ -142,7 +142,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ecgray.attribution.methods import AttributionMethod, register_method
+from ecgray.attribution.base import AttributionMethod, register_method
 from ecgray.models.ribeiro2020 import ResidualUnit, ResNet1d
 
 FIRST_RULES = ("epsilon", "flat", "wsquare", "zbox", "same")

@@ -29,7 +29,7 @@ Keras details that matter for exact parity:
   explicit here;
 * BatchNormalization epsilon is 1e-3 (PyTorch's default is 1e-5);
 * Keras conv kernels are stored ``(k, in, out)``; torch wants ``(out, in, k)``
-  (see :mod:`ecgray.models.keras_hdf5`).
+  (see :mod:`ecgray.models.keras`).
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ metadata, ``ecgray_format`` (``"ResNet1d/1"``), ``config`` (the
 caller passes in ``metadata``.
 
 Loading never runs code from the file: only HDF5 (read with h5py, see
-:mod:`ecgray.models.keras_hdf5`) and safetensors (a JSON header + raw tensor
+:mod:`ecgray.models.keras`) and safetensors (a JSON header + raw tensor
 bytes) are accepted. Pickle-based formats (``.pt``, ``.pth``, ``.pkl``,
 ``.ckpt``, ``.bin``, ``.joblib``) are refused, as are zipped Keras 3 ``.keras``
 archives.
@@ -23,7 +23,9 @@ import numpy as np
 import torch
 
 from ecgray.errors import ModelError
+from ecgray.models.keras import load_keras_hdf5
 from ecgray.models.ribeiro2020 import ResNet1d, ResNetConfig
+from ecgray.models.spec import spec_of
 
 __all__ = ["save_model", "load_model_file", "load_safetensors", "model_id", "finalize_model", "FORMAT"]
 
@@ -119,8 +121,6 @@ def load_model_file(path: str | os.PathLike) -> ResNet1d:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in HDF5_SUFFIXES:
-        from ecgray.models.keras_hdf5 import load_keras_hdf5
-
         if not path.is_file():
             raise ModelError(f"model file not found: {path}")
         return finalize_model(load_keras_hdf5(path))
@@ -138,13 +138,16 @@ def load_model_file(path: str | os.PathLike) -> ResNet1d:
     raise ModelError(f"{path}: refusing to load a {suffix or 'suffix-less'} file: {why}")
 
 
-def finalize_model(model: ResNet1d, device: str | torch.device = "cpu") -> ResNet1d:
-    """float32, eval mode, ``requires_grad_(False)``, on ``device``, with ``.classes``."""
+def finalize_model(model: torch.nn.Module, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """float32, eval mode, ``requires_grad_(False)``, on ``device``, with ``.spec`` and ``.classes``."""
     model = model.to(device=torch.device(device), dtype=torch.float32)
     model.eval()
     model.requires_grad_(False)
+    model.spec = spec_of(model)  # a ResNet1d without one: Ribeiro geometry, its own classes
     if not getattr(model, "classes", None):
-        model.classes = tuple(model.config.classes)
+        model.classes = tuple(model.spec.classes)
+    if tuple(model.classes) != tuple(model.spec.classes):
+        raise ModelError(f"model classes {list(model.classes)} differ from its spec's {list(model.spec.classes)}")
     return model
 
 

@@ -353,7 +353,7 @@ def run(input: str, output: str, *, model: str, weights: str | None = None, meth
     all in ``runs``.
     """
     from ecgray.attribution import resolve_method
-    from ecgray.explain import new_run_id
+    from ecgray.explain import new_run_id, require_table_layout
     from ecgray.models import load_model, model_id
     from schemas.tables import SCHEMA_VERSION
 
@@ -375,6 +375,7 @@ def run(input: str, output: str, *, model: str, weights: str | None = None, meth
     methods = [resolve_method(m).name for m in methods]
     params = {m: dict((params or {}).get(m, {})) for m in methods}
     net = load_model(model, weights=weights)  # validates the model and targets on the driver
+    require_table_layout(net)
     mid = model_id(net)
     classes = tuple(net.classes)
     del net
