@@ -135,7 +135,7 @@ def reduce_child(output: str) -> dict:
     import pyarrow  # noqa: F401
 
     import ecgray.io.fs  # noqa: F401
-    import ecgray.pipeline.store  # noqa: F401
+    import ecgray.store  # noqa: F401
     from ecgray.reduce import reduce
 
     t_imp = time.perf_counter() - t_imp
@@ -197,8 +197,7 @@ def build_template(t: int, n: int = SHARD, methods=SYN_METHODS, seed: int = 0) -
                                  raw=tuple(str(x) for x in rng.integers(1, 10, size=rng.integers(1, 3))),
                                  scheme="cpsc2018", classes=cls)
         recs.append(SimpleNamespace(record_key=key, record_id=rid, uri=f"/data/{key}.hea", dataset="synthetic",
-                                    format="wfdb", fs=500.0, signal=np.broadcast_to(np.float32(0), (n_in, 1)),
-                                    labels=labels))
+                                    format="wfdb", fs=500.0, n_samples=n_in, labels=labels))
         wins.append(SimpleNamespace(record_key=key, record_id=rid, window=0, offset=0, fs_in=500.0,
                                     n_samples_in=n_in, flags=("resampled",), n_resampled=n_in * 4 // 5))
     logits = rng.normal(-2.0, 2.0, size=(n, len(CLASSES)))
@@ -273,7 +272,7 @@ def _shard_tables(tmpl: dict, idx: dict, s: int) -> tuple[dict, list[tuple[str, 
 
 def _write_shards(output: str, n_shards: int, n_templates: int, seed: int, part: int, n_parts: int) -> dict:
     """Write shards ``part, part + n_parts, ...`` (one writer process; templates are deterministic)."""
-    from ecgray.pipeline.store import Store, shard_hash, shard_name
+    from ecgray.store import Store, shard_hash, shard_name
 
     t0 = time.perf_counter()
     templates = [build_template(t, seed=seed) for t in range(n_templates)]
@@ -289,7 +288,7 @@ def _write_shards(output: str, n_shards: int, n_templates: int, seed: int, part:
 
 def write_synthetic(output: Path, n_records: int, n_templates: int, seed: int = 0, writers: int = 1) -> dict:
     """Write ``n_records`` (rounded up to a multiple of 32) as committed shards under ``output``."""
-    from ecgray.pipeline.store import Store
+    from ecgray.store import Store
 
     n_shards = -(-n_records // SHARD)
     writers = max(1, min(writers, n_shards))

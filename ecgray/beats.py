@@ -1,12 +1,12 @@
 """R-peak detection and beat-averaged (R-peak aligned) signal and relevance.
 
-Plain NumPy / NeuroKit2 functions, no Ray. Names and ``method=`` switches
-follow NeuroKit2.
+Plain NumPy / NeuroKit2 functions, no Ray. ``method=`` switches follow NeuroKit2.
 
-:func:`ecg_peaks`
-    R-peak sample indices of one lead: ``nk.ecg_clean`` then the detector of
-    ``nk.ecg_peaks`` (``method`` passes through: ``"neurokit"``,
-    ``"pantompkins1985"``, ``"hamilton2002"``, ``"elgendi2010"``, ...).
+:func:`detect_rpeaks`
+    R-peak sample indices of one lead, as one sorted int64 array (not
+    NeuroKit2's ``nk.ecg_peaks`` contract: see its docstring): ``nk.ecg_clean``
+    then the detector of ``nk.ecg_findpeaks`` (``method`` passes through:
+    ``"neurokit"``, ``"pantompkins1985"``, ``"hamilton2002"``, ``"elgendi2010"``, ...).
     ``nk.ecg_peaks(..., correct_artifacts=False)`` is ``nk.ecg_findpeaks``
     plus building a pandas DataFrame that we never use (~18 ms of its
     ~22 ms per 4,096-sample lead), so :func:`nk.ecg_findpeaks` is called
@@ -77,7 +77,7 @@ import numpy as np
 
 from ecgray.models.ribeiro2020 import FS, LEADS
 
-__all__ = ["WINDOW_MS", "BeatAverage", "ecg_peaks", "average_beats", "lead_quality", "rr_plausible",
+__all__ = ["WINDOW_MS", "BeatAverage", "detect_rpeaks", "average_beats", "lead_quality", "rr_plausible",
            "template_correlation", "detection_plausible"]
 
 WINDOW_MS: tuple[float, float] = (-300.0, 500.0)
@@ -136,12 +136,34 @@ def _valid_range(valid: tuple[int, int] | None, n: int) -> tuple[int, int]:
     return start, max(start, stop)
 
 
-def ecg_peaks(signal_1d: np.ndarray, fs: float = FS, *, method: str = "neurokit",
-              valid: tuple[int, int] | None = None) -> np.ndarray:
-    """R-peak sample indices (int64, sorted, unique) of one lead; empty on failure.
+def detect_rpeaks(signal_1d: np.ndarray, fs: float = FS, *, method: str = "neurokit",
+                  valid: tuple[int, int] | None = None) -> np.ndarray:
+    """R-peak sample indices of one lead.
 
-    See the module docstring. ``valid=(start, stop)`` restricts detection to
-    ``signal_1d[start:stop]``; indices are in the frame of ``signal_1d``.
+    Contract:
+
+    * ``signal_1d``: one lead, 1-D array-like of ``n`` samples (any real dtype; read as float64), in mV
+      (the flat-signal test below is absolute). Anything not 1-D gives an empty result.
+    * ``fs``: its sampling rate in Hz (default 400, the model's rate); must be finite and > 0.
+    * ``method``: a detector name of ``nk.ecg_findpeaks`` (case-insensitive; default ``"neurokit"``). The
+      signal is first cleaned with ``nk.ecg_clean`` using the same-named cleaning when NeuroKit2 has one,
+      ``"neurokit"`` cleaning otherwise, and none for the detectors ``nk.ecg_clean`` passes through raw.
+      An unknown name gives an empty result (it does not raise).
+    * ``valid=(start, stop)``: detect only in ``signal_1d[start:stop]`` (clipped to the signal; ``None``:
+      all of it).
+    * Returns a 1-D **int64 numpy array** of peak positions, sorted, unique, each in ``[start, stop)``, in
+      the frame of the full ``signal_1d`` (not of the valid slice). Empty (shape ``(0,)``) when the
+      region is shorter than 1 s (``fs`` samples), flat (peak-to-peak <= 1e-6), not finite, or the
+      detector fails. Never raises, never emits warnings.
+
+    Differs from ``neurokit2.ecg_peaks(signal, sampling_rate, method)``, which returns a tuple
+    ``(signals, info)``: a pandas DataFrame with a 0/1 ``ECG_R_Peaks`` column of length ``n`` and a dict
+    whose ``info["ECG_R_Peaks"]`` holds the indices (plus ``sampling_rate`` and, with
+    ``correct_artifacts=True``, corrected peaks), detects on its input as given (no cleaning) and can
+    raise or warn on bad input. Here: cleaning included, only the indices, no DataFrame, no artifact
+    correction, the ``valid`` window, and an empty array instead of an exception. On the same signal,
+    ``detect_rpeaks(s, fs)`` equals ``nk.ecg_peaks(nk.ecg_clean(s, sampling_rate=fs),
+    sampling_rate=fs)[1]["ECG_R_Peaks"]``.
     """
     empty = np.zeros(0, dtype=np.int64)
     try:
@@ -314,13 +336,13 @@ def average_beats(x: np.ndarray, relevance: np.ndarray, fs: float = FS, *, lead:
     vr = (start, stop)
 
     # --- R-peaks, with fallback by signal quality --------------------------------
-    detected: dict[int, np.ndarray] = {req: ecg_peaks(x[req], fs, method=method, valid=vr)}
+    detected: dict[int, np.ndarray] = {req: detect_rpeaks(x[req], fs, method=method, valid=vr)}
     used = req
     if not detection_plausible(x[req], detected[req], fs, valid=vr):
         order = [int(i) for i in np.argsort(-lead_quality(x, fs, valid=vr), kind="stable") if i != req]
         chosen = None
         for i in order:
-            detected[i] = ecg_peaks(x[i], fs, method=method, valid=vr)
+            detected[i] = detect_rpeaks(x[i], fs, method=method, valid=vr)
             if detection_plausible(x[i], detected[i], fs, valid=vr):
                 chosen = i
                 break

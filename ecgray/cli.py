@@ -27,7 +27,7 @@ def _interrupted_message(output: str | None, hint: str = "rerun with --resume") 
     k, n = 0, None
     if output is not None:
         try:
-            from .pipeline.store import Store
+            from .store import Store
 
             store = Store(output)
             k = len(store.commits())

@@ -108,8 +108,17 @@ class ExplainConfig:
     batch_size: int = 8  # windows per attribution call
 
 
+def _n_samples(rec) -> int:
+    """Samples of a record as read (``n_samples_in``): ``rec.n_samples`` (an :class:`ecgray.io.Record`, or
+    record metadata without the signal, ``ecgray.pipeline.stages._record_meta``)."""
+    return int(rec.n_samples)
+
+
 def records_table(run_id: str, cfg: ExplainConfig, items: list[tuple[object, object]], probs: np.ndarray) -> pa.Table:
     """The ``records`` table of ``(record, window)`` pairs with the model's probabilities ``probs (N, C)``.
+    Of a record it reads ``record_key`` (else ``uri``), ``record_id``, ``uri``, ``dataset``, ``format``,
+    ``fs``, ``n_samples`` (see :func:`_n_samples`; never the signal itself) and ``labels``; of a window
+    ``window``, ``offset`` and ``flags``.
     A record without labels (scheme ``"none"``: no ``#Dx`` and no labels CSV row) gets null ``label_*``."""
     rows = []
     for (rec, w), p in zip(items, probs):
@@ -119,7 +128,7 @@ def records_table(run_id: str, cfg: ExplainConfig, items: list[tuple[object, obj
             "run_id": run_id, "model": cfg.model_name, "model_id": cfg.model_id,
             "record_key": key_of(rec), "record_id": rec.record_id, "window": int(w.window), "uri": rec.uri,
             "dataset": rec.dataset, "format": rec.format, "fs_in": float(rec.fs),
-            "n_samples_in": int(rec.signal.shape[0]), "window_offset": int(w.offset), "flags": list(w.flags),
+            "n_samples_in": _n_samples(rec), "window_offset": int(w.offset), "flags": list(w.flags),
             "label_normal": bool(lab.normal) if known else None, "raw_codes": list(lab.raw),
             "label_scheme": lab.scheme,
         }

@@ -74,7 +74,6 @@ The same ``lead_relevance`` query in DuckDB: :func:`duckdb_lead_relevance_sql`.
 """
 from __future__ import annotations
 
-import json
 import posixpath
 import zlib
 from typing import Iterable
@@ -82,6 +81,8 @@ from typing import Iterable
 import numpy as np
 import polars as pl
 
+from ecgray.io.fs import is_s3, storage_options
+from ecgray.store import committed_table_files
 from schemas.tables import CLASSES, LEADS, READABLE_VERSIONS, conform, empty
 
 WAVES: dict[str, tuple[float, float]] = {"P": (-250.0, -100.0), "QRS": (-50.0, 60.0), "T": (120.0, 400.0)}
@@ -97,59 +98,16 @@ KEY = ("record_key", "window")
 
 
 # ------------------------------------------------------------------------------------ reading
-def _fs_helpers():
-    from ecgray.io.fs import is_s3, join, open_fs, s3_endpoint, s3_region
-
-    return is_s3, join, open_fs, s3_endpoint, s3_region
-
-
 def committed_shard_files(output: str) -> list[dict[str, str]]:
-    """One ``{table: path or URI}`` per committed shard of ``output`` (shard order), from the commit markers
-    (``ecgray.pipeline.store.Store.commits``). Raises ValueError when a shard was written with a schema version
-    this reducer cannot read (:data:`schemas.tables.READABLE_VERSIONS`)."""
-    from ecgray.pipeline.store import Store
-
-    is_s3, _, _, _, _ = _fs_helpers()
-    store = Store(output)
-    out = []
-    for shard, marker in sorted(store.commits().items()):
-        version = marker.get("schema_version")
-        if version not in READABLE_VERSIONS:
-            raise ValueError(f"{output}: shard {shard} was written with output schema version {version} "
-                             f"(this ecgray reads {', '.join(map(str, READABLE_VERSIONS))}); rerun the pipeline "
-                             "with --overwrite to recompute it (older outputs cannot tell records that share a "
-                             "name apart)")
-        files = {}
-        for name, rel in (marker.get("files") or {}).items():
-            path = posixpath.join(store.path, rel)
-            files[name] = "s3://" + path if is_s3(output) else path
-        out.append(files)
-    return out
+    """One ``{table: path or URI}`` per committed shard of ``output`` (shard order)
+    (:func:`ecgray.store.committed_table_files`); ValueError for a shard whose schema version this
+    reducer cannot read (:data:`schemas.tables.READABLE_VERSIONS`)."""
+    return committed_table_files(output, readable=READABLE_VERSIONS)
 
 
 def committed_files(output: str, name: str) -> list[str]:
     """Paths/URIs of table ``name``'s files in the committed shards of ``output`` (shard order)."""
     return [f[name] for f in committed_shard_files(output) if name in f]
-
-
-def _storage_options(output: str) -> dict | None:
-    is_s3, _, _, s3_endpoint, s3_region = _fs_helpers()
-    if not is_s3(output):
-        return None
-    import os
-
-    opts: dict = {}
-    ep = s3_endpoint()
-    if ep:
-        opts["aws_endpoint_url"] = ep
-        if ep.startswith("http://"):
-            opts["aws_allow_http"] = "true"
-    opts["aws_region"] = s3_region() or "us-east-1"
-    for env, key in (("AWS_ACCESS_KEY_ID", "aws_access_key_id"), ("AWS_SECRET_ACCESS_KEY", "aws_secret_access_key"),
-                     ("AWS_SESSION_TOKEN", "aws_session_token")):
-        if os.environ.get(env):
-            opts[key] = os.environ[env]
-    return opts
 
 
 def scan_table(output: str, name: str) -> pl.LazyFrame | None:
@@ -159,7 +117,7 @@ def scan_table(output: str, name: str) -> pl.LazyFrame | None:
         return None
     # schema of the first file; columns missing in older shards -> null, extra ones ignored
     lf = pl.scan_parquet(files, hive_partitioning=True, hive_schema={"shard": pl.String},
-                         storage_options=_storage_options(output), missing_columns="insert", extra_columns="ignore")
+                         storage_options=storage_options(output), missing_columns="insert", extra_columns="ignore")
     # dictionary-encoded strings (if any writer keeps them) -> plain strings
     return lf.with_columns(pl.col(pl.Categorical).cast(pl.String))
 
@@ -388,7 +346,7 @@ class PointsSink:
     def __init__(self, dest: str):
         import pyarrow.parquet as pq
 
-        from ecgray.io.fs import fs_path, is_s3, join, pyarrow_fs
+        from ecgray.io.fs import fs_path, join, pyarrow_fs
 
         fs = pyarrow_fs(dest)
         if not is_s3(dest):
@@ -583,16 +541,14 @@ def finish(acc: Accumulator, *, n_boot: int = 1000, seed: int = 0) -> dict[str, 
 
 
 def _scan_points(path: str) -> pl.LazyFrame:
-    from ecgray.io.fs import is_s3
-
-    return pl.scan_parquet(path, storage_options=_storage_options(path) if is_s3(path) else None)
+    return pl.scan_parquet(path, storage_options=storage_options(path) if is_s3(path) else None)
 
 
 # ---------------------------------------------------------------------------------- driver
 def _write(df: pl.DataFrame, name: str, dest: str) -> None:
     import pyarrow.parquet as pq
 
-    from ecgray.io.fs import fs_path, is_s3, join, pyarrow_fs
+    from ecgray.io.fs import fs_path, join, pyarrow_fs
 
     tbl = conform(df.to_arrow(), name)
     fs = pyarrow_fs(dest)
@@ -697,7 +653,7 @@ def reduce(output: str, *, threshold: float = 0.5, n_bins: int = 10, n_boot: int
     if stream_points and not write:
         raise ValueError("stream_points=True writes the points table: it needs write=True")
     dest = dest or join(output, "reduced")
-    opts = _storage_options(output)
+    opts = storage_options(output)
     acc = Accumulator(n_bins=n_bins, sink=PointsSink(dest) if stream_points else None)
     try:
         _accumulate(acc, shards, threshold=threshold, opts=opts, use_ray=use_ray, shards_per_task=shards_per_task,

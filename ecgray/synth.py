@@ -388,20 +388,6 @@ def write_dataset(out_dir: str | Path, n_per_class: dict | int, *, seed: int = 0
     return table
 
 
-# --------------------------------------------------------------------------- legacy helpers
-def ecg_simulate12(duration: float = 10.0, fs: int = 500, heart_rate: float = 70.0, *, noise: float = 0.01,
-                   random_state: int = 0) -> np.ndarray:
-    """NeuroKit2 ``ecg_simulate(method="multileads")``: 12 leads in mV, ``(duration*fs, 12)`` float32.
-
-    No ground truth; used as a realism reference (kept for existing callers).
-    """
-    import neurokit2 as nk
-
-    df = nk.ecg_simulate(duration=duration, sampling_rate=fs, heart_rate=heart_rate, method="multileads",
-                         noise=noise, random_state=random_state)
-    return df[LEAD_NAMES].to_numpy(np.float32)
-
-
 def make_dataset(out_dir: str | Path, n: int = 6, *, seed: int = 0, fs: int = 500, duration: float = 10.0) -> list[Path]:
     """Write ``n`` records cycling through :data:`KINDS` (with ``truth.parquet``); returns the record paths."""
     counts = {k: 0 for k in KINDS}

@@ -13,72 +13,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from ecgray.attribution import METHODS, Attribution, attribute, available_methods, resolve_method
-from ecgray.models.ribeiro2020 import ResNet1d, ResNetConfig
+from ecgray.models.ribeiro2020 import ResidualAdd
+from tests.conftest import ATTR_N_SAMPLES, ecg_batch, make_model
 
-DATA = Path(__file__).parents[1] / ".." / "shared" / "data" / "code15-test80"
-N_SAMPLES = 1024
-CFG = dict(n_samples=N_SAMPLES, samples=(256, 64, 16, 4))
-
-
-def make_model(seed: int = 0, width: float = 0.25, random_bn: bool = True, **cfg) -> ResNet1d:
-    """Reduced ResNet1d, He-initialised, with non-trivial BN running statistics set by hand."""
-    torch.manual_seed(seed)
-    model = ResNet1d(ResNetConfig.scaled(width, **(cfg or CFG)))
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for mod in model.modules():
-            if isinstance(mod, nn.Conv1d):
-                nn.init.kaiming_normal_(mod.weight, nonlinearity="relu", generator=g)
-            elif isinstance(mod, nn.Linear):
-                nn.init.normal_(mod.weight, 0.0, mod.in_features**-0.5, generator=g)
-            elif isinstance(mod, nn.BatchNorm1d) and random_bn:
-                c = mod.num_features
-                mod.running_mean.copy_(0.2 * torch.randn(c, generator=g))
-                mod.running_var.copy_(0.5 + torch.rand(c, generator=g))
-                mod.weight.copy_(0.5 + 0.5 * torch.rand(c, generator=g))
-                mod.bias.copy_(0.1 * torch.randn(c, generator=g))
-    return model.eval()
-
-
-def synthetic_ecg(n: int, length: int = N_SAMPLES, seed: int = 0) -> np.ndarray:
-    """ECG-like (N, 12, length): per-lead sums of harmonics of a heart rate + noise, mV scale."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(length) / 400.0
-    out = np.empty((n, 12, length))
-    for i in range(n):
-        hr = rng.uniform(0.8, 1.8)
-        for lead in range(12):
-            a = rng.normal(0, 1, 3)
-            out[i, lead] = (
-                a[0] * np.sin(2 * np.pi * hr * t)
-                + 0.3 * a[1] * np.sin(2 * np.pi * 3 * hr * t + 1)
-                + 0.1 * a[2] * np.sin(2 * np.pi * 7 * hr * t)
-                + 0.05 * rng.normal(size=length)
-            )
-    return out.astype(np.float32)
-
-
-def ecg_batch(n: int) -> np.ndarray:
-    """Real CODE-15 exams (centre 1024 samples) if available, else synthetic."""
-    files = [DATA / f"pacient_{i}.hdf5" for i in range(1, n + 1)]
-    if all(f.exists() for f in files):
-        h5py = pytest.importorskip("h5py")
-        recs = []
-        for f in files:
-            with h5py.File(f, "r") as h:
-                recs.append(np.asarray(h["tracings"][0], dtype=np.float64).T)  # (12, 4096)
-        x = np.stack(recs)
-        mid = x.shape[-1] // 2
-        return x[:, :, mid - N_SAMPLES // 2 : mid + N_SAMPLES // 2].astype(np.float32)
-    return synthetic_ecg(n)
+N_SAMPLES = ATTR_N_SAMPLES
 
 
 def close(a, b, rtol=1e-5):
@@ -172,6 +116,11 @@ def test_result_fields(model, x):
     assert res.logits.dtype == res.probabilities.dtype == np.float32
     assert res.params["output"] == "logit" and res.params["batch_size"] == 32
     np.testing.assert_array_equal(res.for_target("AF"), res.relevance[:, 0])
+    assert res.target_index("1dAVb") == 1
+    with pytest.raises(ValueError, match=r"target 'RBBB' was not attributed"):
+        res.target_index("RBBB")
+    with pytest.raises(TypeError):
+        res.target_index(0)  # a position would clash with attribute(targets=[0]) (the model's class 0)
     all_t = attribute(model, x[:1], method="saliency")
     assert all_t.targets == model.classes and all_t.relevance.shape[1] == 6
 
@@ -349,7 +298,7 @@ def test_model_state_restored_and_dropout_off(x):
         assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
         for k, v in model.state_dict().items():
             assert torch.equal(v, state[k]), k  # BN running stats not updated, weights not folded
-        assert not hasattr(model.units[0], "canonizer_sum")
+        assert all(type(u.add) is ResidualAdd for u in model.units)  # LRP's swap undone
     # eval mode inside: a train-mode model gives the eval-mode result (dropout off, BN running stats)
     ref = attribute(make_model(seed=3), x[:1], targets=["AF"], method="saliency")
     got = attribute(model, x[:1], targets=["AF"], method="saliency")

@@ -13,13 +13,12 @@ import pytest
 import torch
 
 from ecgray.attribution import METHODS, attribute
-from ecgray.attribution.base import AttributionMethod
 from ecgray.attribution.deeplift import DeepLift, _deeplift_canonical
 from ecgray.attribution.gradient_shap import GradientShap
 from ecgray.attribution.input_x_gradient import InputXGradient
 from ecgray.attribution.integrated_gradients import IntegratedGradients
 from ecgray.attribution.saliency import Saliency
-from tests.test_attribution import N_SAMPLES, ecg_batch, make_model
+from tests.conftest import ATTR_N_SAMPLES as N_SAMPLES, ecg_batch, make_model
 
 CAPTUM_FAMILY = (IntegratedGradients, Saliency, InputXGradient, DeepLift, GradientShap)
 PKG = Path(__file__).resolve().parents[1] / "ecgray" / "attribution"
@@ -181,16 +180,6 @@ def test_keywords_or_mapping_same_method(model):
 
 
 # --------------------------------------------------------------------------- layout
-def test_compat_module_reexports_the_same_objects():
-    from ecgray.attribution import methods
-
-    for cls in CAPTUM_FAMILY:
-        assert getattr(methods, cls.__name__) is cls and METHODS[cls.name] is cls
-    assert methods.AttributionMethod is AttributionMethod
-    assert set(methods.__all__) >= {"AttributionMethod", "METHODS", "register_method", "resolve_method",
-                                    "available_methods", *(c.__name__ for c in CAPTUM_FAMILY)}
-
-
 def test_no_import_cycles_in_the_package():
     """Module-level imports between ecgray.attribution modules form no cycle."""
     mods = {p.stem: p for p in PKG.glob("*.py")}

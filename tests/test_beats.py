@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ecgray.beats import (WINDOW_MS, BeatAverage, average_beats, ecg_peaks, lead_quality, rr_plausible,
+from ecgray.beats import (WINDOW_MS, BeatAverage, average_beats, detect_rpeaks, lead_quality, rr_plausible,
                           template_correlation)
 from ecgray.models.ribeiro2020 import FS, LEADS, N_SAMPLES
 
@@ -83,11 +83,11 @@ def reference_average(x, relevance, peaks, valid, fs=FS, window_ms=WINDOW_MS):
     return np.mean(sig_beats, axis=0), np.mean(rel_beats, axis=0), np.array(used)
 
 
-# --------------------------------------------------------------------------- ecg_peaks
+# --------------------------------------------------------------------------- detect_rpeaks
 @pytest.mark.parametrize("hr", [50, 75, 120])
-def test_ecg_peaks_simulated_count_rr_and_positions(hr):
+def test_detect_rpeaks_simulated_count_rr_and_positions(hr):
     s = simulate(hr)
-    peaks = ecg_peaks(s, FS)
+    peaks = detect_rpeaks(s, FS)
     assert peaks.dtype == np.int64 and np.all(np.diff(peaks) > 0)
     expected = N_SAMPLES / FS * hr / 60  # 8.53, 12.8, 20.48
     assert abs(len(peaks) - expected) <= 1
@@ -103,25 +103,25 @@ def test_ecg_peaks_simulated_count_rr_and_positions(hr):
 
 
 @pytest.mark.parametrize("method", ["pantompkins1985", "hamilton2002", "elgendi2010"])
-def test_ecg_peaks_method_passthrough(method):
+def test_detect_rpeaks_method_passthrough(method):
     s = simulate(75)
-    peaks = ecg_peaks(s, FS, method=method)
+    peaks = detect_rpeaks(s, FS, method=method)
     assert abs(len(peaks) - 12.8) <= 1.5
     assert np.median(np.diff(peaks)) / FS == pytest.approx(0.8, rel=0.05)
 
 
-def test_ecg_peaks_equals_neurokit_ecg_peaks():
+def test_detect_rpeaks_equals_neurokit_ecg_peaks():
     s = simulate(75)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _, info = nk.ecg_peaks(nk.ecg_clean(s, sampling_rate=FS), sampling_rate=FS)
-    np.testing.assert_array_equal(ecg_peaks(s, FS), np.asarray(info["ECG_R_Peaks"]))
+    np.testing.assert_array_equal(detect_rpeaks(s, FS), np.asarray(info["ECG_R_Peaks"]))
 
 
-def test_ecg_peaks_valid_region_in_full_frame():
+def test_detect_rpeaks_valid_region_in_full_frame():
     s = simulate(75)
-    full = ecg_peaks(s, FS)
-    part = ecg_peaks(s, FS, valid=(1000, 3500))
+    full = detect_rpeaks(s, FS)
+    part = detect_rpeaks(s, FS, valid=(1000, 3500))
     assert part.min() >= 1000 and part.max() < 3500
     inner = full[(full >= 1100) & (full < 3400)]
     assert set(inner) <= set(part)
@@ -129,16 +129,26 @@ def test_ecg_peaks_valid_region_in_full_frame():
 
 @pytest.mark.parametrize("bad", [np.zeros(4096), np.full(4096, np.nan), np.ones(100), np.zeros((2, 4096)),
                                  np.r_[np.zeros(2000), np.inf, np.zeros(2095)]])
-def test_ecg_peaks_bad_signals_empty_and_silent(bad):
+def test_detect_rpeaks_bad_signals_empty_and_silent(bad):
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
-        p = ecg_peaks(bad, FS)
+        p = detect_rpeaks(bad, FS)
     assert p.dtype == np.int64 and p.shape == (0,)
     assert rec == []
 
 
-def test_ecg_peaks_unknown_method_empty():
-    assert ecg_peaks(simulate(75), FS, method="no-such-method").shape == (0,)
+def test_detect_rpeaks_unknown_method_empty():
+    assert detect_rpeaks(simulate(75), FS, method="no-such-method").shape == (0,)
+
+
+def test_detect_rpeaks_contract_not_neurokits():
+    """Issue 15: one int64 index array (not nk.ecg_peaks's (DataFrame, info) tuple), under its own name."""
+    import ecgray.beats as beats
+
+    p = detect_rpeaks(list(simulate(75)), FS, valid=(-50, 10 ** 6))  # array-like input; valid clipped
+    assert type(p) is np.ndarray and p.ndim == 1 and p.dtype == np.int64
+    assert np.array_equal(p, detect_rpeaks(simulate(75), FS))
+    assert "detect_rpeaks" in beats.__all__ and not hasattr(beats, "ecg_peaks")
 
 
 # ----------------------------------------------------------------------- average_beats
@@ -149,7 +159,7 @@ def test_average_beats_matches_loop_reference():
     avg = average_beats(x, rel, FS, valid=valid)
     assert isinstance(avg, BeatAverage)
     assert avg.quality == "ok" and avg.lead_used == "DII"
-    detected = ecg_peaks(x[1], FS, valid=valid)
+    detected = detect_rpeaks(x[1], FS, valid=valid)
     sig_ref, rel_ref, used = reference_average(x, rel, detected, valid)
     np.testing.assert_array_equal(avg.peaks, used)
     assert avg.n_beats == len(used) >= 10
@@ -168,7 +178,7 @@ def test_average_beats_3d_relevance_and_custom_window():
     avg = average_beats(x, rel, FS, window_ms=(-100, 150))
     assert avg.offsets_ms.shape == (100,) and avg.offsets_ms[0] == -100.0
     assert avg.relevance.shape == (6, 12, 100)
-    sig_ref, rel_ref, used = reference_average(x, rel, ecg_peaks(x[1], FS), (0, N_SAMPLES),
+    sig_ref, rel_ref, used = reference_average(x, rel, detect_rpeaks(x[1], FS), (0, N_SAMPLES),
                                                window_ms=(-100, 150))
     np.testing.assert_array_equal(avg.peaks, used)
     np.testing.assert_allclose(avg.relevance, rel_ref, atol=1e-6)
@@ -243,7 +253,7 @@ def test_noise_on_every_lead_gives_no_beats():
 
 def test_few_beats_short_region():
     x = twelve_lead(simulate(75))
-    peaks = ecg_peaks(x[1], FS)
+    peaks = detect_rpeaks(x[1], FS)
     # region holding the windows of exactly 2 beats
     valid = (int(peaks[3]) - 130, int(peaks[4]) + 210)
     avg = average_beats(x, np.zeros((12, N_SAMPLES)), FS, valid=valid)

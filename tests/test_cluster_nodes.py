@@ -180,7 +180,7 @@ def assert_same_rows(ref: pa.Table, got: pa.Table, name: str, rtol: float = 1e-5
 
 def assert_equal_to_reference(out: Path, ref: Path, run_id: str) -> None:
     from ecgray.pipeline import read_table
-    from ecgray.pipeline.store import committed_shards
+    from ecgray.store import committed_shards
 
     assert sorted(p.name for p in (out / "_commits").iterdir()) == [f"shard={k:05d}.json" for k in range(N_SHARDS)]
     assert {m["run_id"] for m in committed_shards(str(out)).values()} == {run_id}

@@ -9,7 +9,7 @@ from torch import nn
 
 from ecgray.attribution import attribute
 from ecgray.attribution.fast import activation_bytes, points_per_chunk
-from tests.test_attribution import N_SAMPLES, ecg_batch, make_model
+from tests.conftest import ATTR_N_SAMPLES as N_SAMPLES, ecg_batch, make_model
 
 TARGETS = ["AF", 0, "SB", "LBBB"]
 pytestmark = pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
@@ -288,7 +288,7 @@ def test_nested_trapezoid_adaptive_steps(model, x):
 def test_trapezoid_weights_sum_to_one(model, x):
     """The composite trapezoid rule integrates a constant exactly (Captum's riemann_trapezoid weights sum to
     (n-1)/n); with n points IG relevance of a linear map is exact."""
-    from ecgray.attribution.methods import IntegratedGradients
+    from ecgray.attribution import IntegratedGradients
 
     ig = IntegratedGradients(model, IntegratedGradients.resolve_params({"integration_method": "trapezoid", "n_steps": 5}))
     alphas, weights = ig._rule(5)

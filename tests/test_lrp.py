@@ -4,7 +4,8 @@ Figures seen when this was written (reduced model: width 0.25, L = 1024, float32
 
 * canonized forward vs original: 5e-7 of max |logit| (zennit's own
   ``NamedMergeBatchNorm`` on the same pairs: 9e-4, its ``1/sqrt(1+eps)``
-  factor; ``SequentialMergeBatchNorm``: 0.28, it also folds ``bn2``);
+  factor; ``SequentialMergeBatchNorm``: 1.2e-3 -- the same factor; it folded
+  ``bn2`` too (0.28) before the residual addition became a module);
 * LRP-epsilon(1e-9) vs Gradient x Input with random BN statistics: 1e-6 of max |R|;
 * conservation, bias-free network: LRP-epsilon |delta|/|logit| <= 7e-5;
   LRP-alpha-beta at full width (L = 256) <= 1.3e-5;
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,62 +29,10 @@ from torch import nn
 from ecgray.attribution import attribute
 from ecgray.attribution import lrp
 from ecgray.attribution._zennit import import_zennit, torchvision_is_stubbed
-from ecgray.models.ribeiro2020 import ResNet1d, ResNetConfig
+from ecgray.models.ribeiro2020 import ResidualAdd
+from tests.conftest import ATTR_N_SAMPLES, ecg_batch, make_model
 
-DATA = Path(__file__).parents[1] / ".." / "shared" / "data" / "code15-test80"
-N_SAMPLES = 1024
-CFG = dict(n_samples=N_SAMPLES, samples=(256, 64, 16, 4))
-
-
-def make_model(seed=0, width=0.25, random_bn=True, bias_free=False, **cfg) -> ResNet1d:
-    """Reduced ResNet1d, He init; random BN statistics, or identity-like BNs and zero dense bias."""
-    torch.manual_seed(seed)
-    model = ResNet1d(ResNetConfig.scaled(width, **(cfg or CFG)))
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for mod in model.modules():
-            if isinstance(mod, nn.Conv1d):
-                nn.init.kaiming_normal_(mod.weight, nonlinearity="relu", generator=g)
-            elif isinstance(mod, nn.Linear):
-                nn.init.normal_(mod.weight, 0.0, mod.in_features**-0.5, generator=g)
-                if bias_free:
-                    mod.bias.zero_()
-            elif isinstance(mod, nn.BatchNorm1d) and random_bn and not bias_free:
-                c = mod.num_features
-                mod.running_mean.copy_(0.2 * torch.randn(c, generator=g))
-                mod.running_var.copy_(0.5 + torch.rand(c, generator=g))
-                mod.weight.copy_(0.5 + 0.5 * torch.rand(c, generator=g))
-                mod.bias.copy_(0.1 * torch.randn(c, generator=g))
-    # bias_free: BNs keep their defaults (mean 0, var 1, gamma 1, beta 0) = a per-channel scale only
-    return model.eval()
-
-
-def ecg_batch(n: int, length: int = N_SAMPLES, seed: int = 0) -> np.ndarray:
-    """Real CODE-15 exams (centre ``length`` samples) if available, else sums of sinusoids + noise."""
-    files = [DATA / f"pacient_{i}.hdf5" for i in range(1, n + 1)]
-    if all(f.exists() for f in files):
-        h5py = pytest.importorskip("h5py")
-        recs = []
-        for f in files:
-            with h5py.File(f, "r") as h:
-                recs.append(np.asarray(h["tracings"][0], dtype=np.float64).T)
-        x = np.stack(recs)
-        mid = x.shape[-1] // 2
-        return x[:, :, mid - length // 2 : mid + length // 2].astype(np.float32)
-    rng = np.random.default_rng(seed)
-    t = np.arange(length) / 400.0
-    out = np.empty((n, 12, length))
-    for i in range(n):
-        hr = rng.uniform(0.8, 1.8)
-        for lead in range(12):
-            a = rng.normal(0, 1, 3)
-            out[i, lead] = (
-                a[0] * np.sin(2 * np.pi * hr * t)
-                + 0.3 * a[1] * np.sin(2 * np.pi * 3 * hr * t + 1)
-                + 0.1 * a[2] * np.sin(2 * np.pi * 7 * hr * t)
-                + 0.05 * rng.normal(size=length)
-            )
-    return out.astype(np.float32)
+N_SAMPLES = ATTR_N_SAMPLES
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +79,7 @@ def test_import_zennit():
 
 def test_canonized_forward_equals_original(model, x):
     zennit = import_zennit()
+    from ecgray.attribution.lrp.canonizers import ResidualSum
     from zennit.canonizers import SequentialMergeBatchNorm
     from zennit.core import Composite
 
@@ -138,20 +87,32 @@ def test_canonized_forward_equals_original(model, x):
     ref = logits(model, x)
     scale = np.abs(ref).max()
     m = copy.deepcopy(model)
+    adds = [u.add for u in m.units]
     with torch.no_grad(), Composite(canonizers=lrp.resnet1d_canonizers()).context(m):
-        assert all(isinstance(u.canonizer_sum, zennit.layer.Sum) for u in m.units)
+        # the model's own add modules are swapped for zennit Sum-based ones
+        assert all(isinstance(u.add, ResidualSum) and isinstance(u.add.sum, zennit.layer.Sum) for u in m.units)
         assert m.conv1.bias is not None and m.units[0].conv1.bias is not None  # BN folded in
+        assert m.units[0].conv2.bias is None  # bn2 (after the sum) is not
         out = m(xt).numpy()
     assert np.abs(out - ref).max() <= 1e-5 * scale
-    # everything reverted on exit
-    assert not hasattr(m.units[0], "canonizer_sum") and m.conv1.bias is None
+    # everything reverted on exit: the original add modules are back
+    assert all(u.add is a for u, a in zip(m.units, adds)) and m.conv1.bias is None
     for (k, v), (k2, v2) in zip(m.state_dict().items(), model.state_dict().items()):
         assert k == k2 and torch.equal(v, v2), k
-    # why pairs are found structurally: zennit's order-based merge also folds bn2 (after the sum)
+    # zennit's order-based merge: with the add module registered between conv2 and bn2 it no
+    # longer folds bn2 (it did when the sum was a '+': 0.28 of max |logit|); its 1/sqrt(1+eps) remains
     m2 = copy.deepcopy(model)
     with torch.no_grad(), Composite(canonizers=[SequentialMergeBatchNorm()]).context(m2):
-        wrong = m2(xt).numpy()
-    assert np.abs(wrong - ref).max() > 0.01 * scale
+        assert m2.units[0].conv2.bias is None
+        stock = m2(xt).numpy()
+    assert 1e-4 * scale < np.abs(stock - ref).max() < 1e-2 * scale
+
+
+def test_residual_add_is_parameter_free(model):
+    """The residual addition is a module of the model, with no state: weights files are unaffected."""
+    assert all(isinstance(u.add, ResidualAdd) for u in model.units)
+    assert not any(".add." in k or k.endswith(".add") for k in model.state_dict())
+    assert not list(model.units[0].add.parameters()) and not list(model.units[0].add.buffers())
 
 
 def test_lrp0_equals_input_x_gradient(model, x):
@@ -252,7 +213,7 @@ def test_lrp_deterministic_and_model_untouched(model, x):
     np.testing.assert_array_equal(a.relevance, b.relevance)
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k]), k
-    assert model.conv1.bias is None and not hasattr(model.units[0], "canonizer_sum")
+    assert model.conv1.bias is None and all(type(u.add) is ResidualAdd for u in model.units)
     assert all(p.requires_grad for p in model.parameters())  # a fresh model's flags, restored
     assert a.params["residual_rule"] == "zennit.layer.Sum + Norm" and a.params["conv_rule"] == "alpha_beta"
 
@@ -271,4 +232,51 @@ def test_canonizers_work_with_stock_zennit_composites(model, x):
     with Gradient(model=m, composite=composite) as attributor:
         out, rel = attributor(xt, torch.eye(6)[[4]])
     assert rel.shape == xt.shape and torch.isfinite(rel).all()
-    assert not hasattr(m.units[0], "canonizer_sum")
+    assert all(type(u.add) is ResidualAdd for u in m.units)
+
+
+# ---------------------------------------------------------------------------
+# the rules in matrix form (as Zennit's own tests check its rules)
+
+
+def _eps_stab(z, eps):
+    """Zennit's stabiliser: z + eps * sign(z), with sign(0) = +1."""
+    return z + eps * ((z == 0).to(z.dtype) + z.sign())
+
+
+def test_epsilon_rule_matrix_form():
+    """ecgray's epsilon composite on a tiny Conv1d -> ReLU -> Linear net equals the epsilon rule
+    written out with each layer as a matrix: R_in = a * W^T (R_out / stab(W a + b))."""
+    import_zennit()
+    from ecgray.attribution.lrp.composites import ResNet1dEpsilon
+
+    torch.manual_seed(0)
+    conv, lin = nn.Conv1d(2, 3, 3, padding=1), nn.Linear(3 * 5, 4)
+    net = nn.Sequential(conv, nn.ReLU(), nn.Flatten(), lin).double().eval()
+    a0 = torch.randn(2, 2, 5, dtype=torch.float64)
+    eps, target = 0.1, 2
+
+    # conv as a matrix (15 x 10) and bias vector, from its action on the unit basis
+    with torch.no_grad():
+        basis = torch.eye(10, dtype=torch.float64).reshape(10, 2, 5)
+        w_conv = (conv(basis) - conv.bias[None, :, None]).reshape(10, 15).T
+        b_conv = conv.bias[:, None].expand(3, 5).reshape(15)
+    want = []
+    for a in a0.reshape(2, 10):
+        z1 = w_conv @ a + b_conv
+        a1 = z1.clamp(min=0)
+        z2 = lin.weight @ a1 + lin.bias
+        r2 = torch.zeros(4, dtype=torch.float64)
+        r2[target] = z2[target]
+        r1 = a1 * (lin.weight.T @ (r2 / _eps_stab(z2, eps)))  # dense layer
+        r0 = a * (w_conv.T @ (r1 / _eps_stab(z1, eps)))  # conv (the first layer: first_rule="epsilon")
+        want.append(r0.reshape(2, 5))
+    want = torch.stack(want)
+
+    x = a0.clone().requires_grad_(True)
+    with ResNet1dEpsilon(net, epsilon=eps).context(net) as m:
+        out = m(x)
+        grad = torch.zeros_like(out)
+        grad[:, target] = out[:, target].detach()
+        (got,) = torch.autograd.grad(out, x, grad_outputs=grad)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)

@@ -24,26 +24,7 @@ from ecgray.models import (
 )
 from ecgray.models import registry
 from ecgray.models.ribeiro2020 import same_padding
-
-
-def small_model(seed: int = 0, width: float = 0.25) -> ResNet1d:
-    """Seeded weights and non-trivial BatchNorm statistics; eval mode, frozen."""
-    torch.manual_seed(seed)
-    model = ResNet1d(ResNetConfig.scaled(width))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm1d):
-                m.running_mean.normal_(0, 0.5, generator=g)
-                m.running_var.uniform_(0.5, 2.0, generator=g)
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.normal_(0, 0.2, generator=g)
-    return model.eval().requires_grad_(False)
-
-
-@pytest.fixture(scope="module")
-def tiny_model() -> ResNet1d:
-    return small_model()
+from tests.conftest import small_model  # the one seeded small ResNet (tiny_model fixture: conftest)
 
 
 # --------------------------------------------------------------------------- a Keras 2.2 file without Keras

@@ -347,7 +347,7 @@ def test_beats_layout_with_stand_in(cpsc_dir):
         for w in prep.windows:
             recs.append(meta)
             wins.append(SimpleNamespace(record_key=meta.record_key, record_id=w.record_id, window=w.window,
-                                        offset=w.offset, n_resampled=stages._n_resampled(meta.signal.shape[0], meta.fs)))
+                                        offset=w.offset, n_resampled=stages._n_resampled(meta.n_samples, meta.fs)))
             xs.append(w.x)
     x = np.stack(xs)
     attrs = {m: attribute(net, x, targets=["AF", "LBBB"], method=m) for m in ("saliency", "input_x_gradient")}
@@ -376,3 +376,30 @@ def test_beats_layout_with_stand_in(cpsc_dir):
     stages._beats_tables("r", cfg, {"recs": recs[:1], "wins": [w], "x": x[:1],
                                     "attrs": {m: a for m, a in attrs.items()}}, fake_average_beats)
     assert calls[0][5] == (596, 3500)
+
+
+def test_record_meta_has_no_signal_and_same_records_row(cpsc_dir):
+    """Issue 15: the record metadata sent between stages carries ``n_samples``, not a fake zero-stride signal,
+    and ``records_table`` gives the same row for it as for the Record itself."""
+    from ecgray.explain import ExplainConfig, prepare, records_table
+    from ecgray.pipeline import codec, stages
+
+    prep, err = prepare(str(cpsc_dir / "A0001"), run_id="r", record_key="site/A0001")
+    assert err is None
+    meta = stages._record_meta(prep.record)
+    assert not hasattr(meta, "signal") and meta.n_samples == prep.record.signal.shape[0] == 7500
+    meta = codec.loads(codec.dumps(meta))  # as the next stage sees it
+    cfg = ExplainConfig(model_name="demo", model_id="demo@0")
+    probs = np.full((1, 6), 0.5, np.float32)
+    w = prep.windows[0]
+    got = records_table("r", cfg, [(meta, w)], probs).to_pylist()[0]
+    want = records_table("r", cfg, [(prep.record, w)], probs).to_pylist()[0]
+    assert got == want and got["n_samples_in"] == 7500
+
+
+def test_no_beats_is_only_asked_for():
+    """Issue 15: ecgray.beats always imports, so the summary says beats are off only for beats=False."""
+    from ecgray.pipeline.run import RunSummary, summary_rows
+
+    assert ("beats", "not computed (beats=False)") in summary_rows(RunSummary("r", "out", beats=False))
+    assert not [r for r in summary_rows(RunSummary("r", "out")) if r[0] == "beats"]

@@ -236,7 +236,7 @@ def test_outputs_without_a_plan_resume_or_refuse_clearly(grown, tmp_path):
 # --------------------------------------------------------------------------- the lock
 HOLDER = """
 import sys, time
-from ecgray.pipeline.store import acquire_lock
+from ecgray.pipeline.lock import acquire_lock
 lock = acquire_lock(sys.argv[1], sys.argv[2])
 print("locked", flush=True)
 time.sleep(300)
@@ -284,7 +284,8 @@ def fake_lock(path: Path, **over) -> None:
 
 def test_lock_of_another_machine_is_stale_only_by_heartbeat(tmp_path):
     from ecgray.pipeline import PipelineError
-    from ecgray.pipeline.store import OutputLock, Store
+    from ecgray.pipeline.lock import OutputLock
+    from ecgray.store import Store
 
     out = tmp_path / "out"
     out.mkdir()
@@ -312,7 +313,8 @@ def test_lock_of_another_machine_is_stale_only_by_heartbeat(tmp_path):
 
 
 def test_heartbeat_refreshes_and_a_lost_lock_is_not_removed(tmp_path, caplog):
-    from ecgray.pipeline.store import OutputLock, Store
+    from ecgray.pipeline.lock import OutputLock
+    from ecgray.store import Store
 
     out = tmp_path / "out"
     store = Store(str(out))
@@ -376,7 +378,7 @@ def upload(client, folder: Path, records, prefix: str = "in") -> None:
 
 def test_s3_grow_and_lock(env, grown):
     from ecgray.pipeline import PipelineError, Store, read_table, run
-    from ecgray.pipeline.store import OutputLock
+    from ecgray.pipeline.lock import OutputLock
 
     client, src = env["client"], grown["input"]
     first = BASE[:4]  # r02 r04 r06 r08 of site_a: shards 0 (3), 1 (1)

@@ -148,7 +148,7 @@ def test_records_table_null_labels_without_ray():
 
     def rec(key, labels):
         return SimpleNamespace(record_key=key, record_id=key, uri=key, dataset=None, format="wfdb", fs=500.0,
-                               signal=np.zeros((5000, 1), np.float32), labels=labels)
+                               n_samples=5000, labels=labels)
 
     w = SimpleNamespace(window=0, offset=0, flags=())
     cfg = ExplainConfig(model_name="demo", model_id="demo@0")

@@ -33,7 +33,6 @@ Modules, one per method as in Captum's ``captum/attr/_core/``:
 * :mod:`ecgray.attribution.fast` -- the shared-target fast path;
 * :mod:`ecgray.attribution.lrp` -- LRP rules, canonizers for ``ResNet1d``;
 * :mod:`ecgray.attribution._zennit` -- importing zennit without torchvision;
-* :mod:`ecgray.attribution.methods` -- compatibility re-exports (the old single module).
 
 Neither Captum nor Zennit is imported here; they load when a method runs.
 """

@@ -35,7 +35,8 @@ exist in a model, so zennit's torchvision ResNet canonizers simply match
 nothing; every other part of zennit (rules, composites, the generic
 canonizers, :mod:`zennit.layer`) is unaffected.
 
-Only :mod:`ecgray.attribution.lrp` calls this, lazily, so importing ecgray (or
+Only :mod:`ecgray.attribution.lrp.canonizers` calls this (imported lazily by
+:mod:`ecgray.attribution.lrp` when a method is built), so importing ecgray (or
 running the Captum methods) never pays for zennit.
 """
 from __future__ import annotations

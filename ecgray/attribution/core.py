@@ -85,14 +85,22 @@ class Attribution:
     def n_records(self) -> int:
         return int(self.relevance.shape[0])
 
-    def target_index(self, target: str | int) -> int:
-        """Position of a target (name, or class index of the model) along axis 1."""
-        if isinstance(target, str):
-            return self.targets.index(target)
-        raise TypeError("target_index expects a class name")
+    def target_index(self, target: str) -> int:
+        """Position of the target class named ``target`` along axis 1 of ``relevance`` (and of ``delta``).
+
+        Names only: ``targets`` holds names, and a result does not know its model's class list, so an int
+        could only be a position -- not the class index that ``attribute(targets=[0])`` means.
+        Raises ``TypeError`` for a non-string, ``ValueError`` for a name that was not attributed."""
+        if not isinstance(target, str):
+            raise TypeError(f"target_index expects a target class name (one of {list(self.targets)}), "
+                            f"got {type(target).__name__} {target!r}")
+        try:
+            return list(self.targets).index(target)
+        except ValueError:
+            raise ValueError(f"target {target!r} was not attributed; targets are {list(self.targets)}") from None
 
     def for_target(self, target: str) -> np.ndarray:
-        """Relevance ``(N, leads, L)`` for one target class."""
+        """Relevance ``(N, leads, L)`` for the target class named ``target`` (see :meth:`target_index`)."""
         return self.relevance[:, self.target_index(target)]
 
 

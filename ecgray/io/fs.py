@@ -120,15 +120,43 @@ def pyarrow_fs(uri: str):
         parts = urlsplit(endpoint if "://" in endpoint else "https://" + endpoint)
         kwargs["endpoint_override"] = parts.netloc + parts.path.rstrip("/")
         kwargs["scheme"] = parts.scheme or "https"
-    key = os.environ.get("AWS_ACCESS_KEY_ID")
-    secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
-    if key and secret:
-        kwargs["access_key"] = key
-        kwargs["secret_key"] = secret
-        token = os.environ.get("AWS_SESSION_TOKEN")
-        if token:
-            kwargs["session_token"] = token
+    cred = _credentials()
+    if cred:
+        kwargs.update(access_key=cred["key"], secret_key=cred["secret"])
+        if "token" in cred:
+            kwargs["session_token"] = cred["token"]
     return pafs.S3FileSystem(**kwargs)
+
+
+def _credentials() -> dict[str, str]:
+    """The AWS credentials of the environment: ``{"key", "secret"[, "token"]}`` (empty when unset)."""
+    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if not (key and secret):
+        return {}
+    out = {"key": key, "secret": secret}
+    if os.environ.get("AWS_SESSION_TOKEN"):
+        out["token"] = os.environ["AWS_SESSION_TOKEN"]
+    return out
+
+
+def storage_options(uri: str) -> dict | None:
+    """Polars / object_store ``storage_options`` for ``uri`` (None for a local path): endpoint (and
+    ``aws_allow_http`` for an ``http://`` one), region (default ``us-east-1``) and the credentials of
+    the environment, as :func:`open_fs` and :func:`pyarrow_fs` use them."""
+    if not is_s3(uri):
+        return None
+    opts: dict = {"aws_region": s3_region() or "us-east-1"}
+    endpoint = s3_endpoint()
+    if endpoint:
+        opts["aws_endpoint_url"] = endpoint
+        if endpoint.startswith("http://"):
+            opts["aws_allow_http"] = "true"
+    cred = _credentials()
+    if cred:
+        opts.update(aws_access_key_id=cred["key"], aws_secret_access_key=cred["secret"])
+        if "token" in cred:
+            opts["aws_session_token"] = cred["token"]
+    return opts
 
 
 def join(uri: str, *names: str) -> str:

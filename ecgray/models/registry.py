@@ -39,7 +39,7 @@ from importlib.metadata import entry_points
 from ecgray.errors import ModelError
 from ecgray.models.keras.shapes import check_published
 from ecgray.models.ribeiro2020 import ResNet1d, ResNetConfig
-from ecgray.models.spec import ModelSpec, check_model, spec_of
+from ecgray.models.spec import ModelSpec, check_model
 from ecgray.models.weights import HDF5_SUFFIXES, SAFETENSORS_SUFFIXES, finalize_model, load_model_file
 
 __all__ = ["load_model", "available_models", "register_model", "DEMO_WEIGHTS", "RIBEIRO_ENV", "ENTRY_POINT_GROUP"]

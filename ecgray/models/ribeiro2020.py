@@ -78,6 +78,19 @@ class SameMaxPool1d(nn.Module):
         return F.max_pool1d(x, self.pool, self.pool)
 
 
+class ResidualAdd(nn.Module):
+    """The residual addition ``x + skip`` of a :class:`ResidualUnit`, as a module.
+
+    Parameter-free (no state-dict entries): a module instead of a ``+`` in
+    ``ResidualUnit.forward`` only so that explanation methods can find and
+    replace it -- LRP swaps it for a ``zennit.layer.Sum``-based module
+    (:class:`ecgray.attribution.lrp.canonizers.ResidualSumCanonizer`).
+    """
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return x + skip
+
+
 class ResidualUnit(nn.Module):
     """One pre-activation residual unit; returns ``(x, y)`` like the Keras code."""
 
@@ -91,6 +104,7 @@ class ResidualUnit(nn.Module):
         self.relu1 = nn.ReLU()
         self.drop1 = nn.Dropout(dropout)
         self.conv2 = SameConv1d(n_out, n_out, kernel_size, stride=downsample, bias=False)
+        self.add = ResidualAdd()
         self.bn2 = nn.BatchNorm1d(n_out, eps=KERAS_BN_EPS)
         self.relu2 = nn.ReLU()
         self.drop2 = nn.Dropout(dropout)
@@ -102,7 +116,7 @@ class ResidualUnit(nn.Module):
             y = self.skip_conv(y)
         x = self.drop1(self.relu1(self.bn1(self.conv1(x))))
         x = self.conv2(x)
-        x = x + y
+        x = self.add(x, y)
         y = x
         x = self.drop2(self.relu2(self.bn2(x)))
         return x, y

@@ -19,7 +19,7 @@
   refused while the first lives; a dead run's lock is taken over.
 """
 from .run import RunSummary, plan_shards, print_summary, run
-from .store import PipelineError, Store, committed_shards, read_table
+from ecgray.store import PipelineError, Store, committed_shards, read_table
 
 __all__ = ["run", "RunSummary", "print_summary", "plan_shards", "read_table", "committed_shards", "PipelineError",
            "Store"]

@@ -15,8 +15,9 @@ from ecgray.io import catalog, is_s3
 from ecgray.io.catalog import skipped_files
 
 from . import stages
-from .store import (KNOWN_ENTRIES, LOCK, OutputLock, PipelineError, Store, record_fingerprint, shard_hash,
-                    shard_name)
+from ecgray.store import KNOWN_ENTRIES, LOCK, PipelineError, Store, record_fingerprint, shard_hash, shard_name
+
+from .lock import OutputLock
 
 log = logging.getLogger("ecgray.pipeline")
 
@@ -45,7 +46,7 @@ class RunSummary:
     stage_seconds: dict = field(default_factory=dict)  # sum over shards written by this run
     wall_s: float = 0.0
     records_per_s: float = 0.0  # records of the shards written by this run / wall time
-    beats: bool = True
+    beats: bool = True  # False: run(beats=False), the beats tables are empty
     resume: dict = field(default_factory=dict)  # what --resume kept and added (empty for a new plan)
     skipped: list = field(default_factory=list)  # files the catalog skipped: [{"path", "reason"}] (hidden, not records)
 
@@ -74,7 +75,7 @@ def summary_rows(s: RunSummary) -> list[tuple[str, str]]:
         rows.append((f"stage s {'/'.join(s.stage_seconds)}", " / ".join(f"{v:.1f}" for v in s.stage_seconds.values())))
     rows += [("wall time", f"{s.wall_s:.1f} s"), ("records/s", f"{s.records_per_s:.2f}")]
     if not s.beats:
-        rows.append(("beats", "not computed (ecgray.beats unavailable)"))
+        rows.append(("beats", "not computed (beats=False)"))
     return rows
 
 
@@ -165,7 +166,7 @@ def _plan_resume(root: str, rows: list[dict], input_root: str, shard_size: int, 
     """Continue the plan of ``old`` (the previous manifest) on the catalog ``rows`` now.
 
     Committed shards are kept untouched; their records must still be in the input, unchanged
-    (:func:`~ecgray.pipeline.store.record_fingerprint`), else :class:`PipelineError`. Unfinished shards of the
+    (:func:`~ecgray.store.record_fingerprint`), else :class:`PipelineError`. Unfinished shards of the
     previous plan run again under their number when all their records are still there and in no committed
     shard (a late commit of the run that planned them holds the same records); every other record (added, or
     from an unfinished shard that lost a record) goes into new shards, ``shard_size`` consecutive records in
@@ -343,11 +344,11 @@ def run(input: str, output: str, *, model: str, weights: str | None = None, meth
 
     The run holds ``<output>/_lock.json`` from the check of the output to its end: a second run into an
     output that a live run holds is refused (naming it); a dead run's lock is taken over
-    (:class:`~ecgray.pipeline.store.OutputLock`). ``resume=True`` into an input that grew runs exactly the
+    (:class:`~ecgray.pipeline.lock.OutputLock`). ``resume=True`` into an input that grew runs exactly the
     records that no committed shard holds (added ones, wherever they sort, in new shards numbered after
     the last; unfinished shards again under their number) and leaves committed shards untouched; it is
     refused when a record of a committed shard was removed or changed (its catalog description:
-    :func:`~ecgray.pipeline.store.record_fingerprint`). What the resume did is ``summary.resume``
+    :func:`~ecgray.store.record_fingerprint`). What the resume did is ``summary.resume``
     (``committed_shards``, ``new_records``, ``new_shards``, ... ; ``{}`` for a new plan). Rows and
     commit markers name the run that wrote their shard; the manifest names the latest run and lists
     all in ``runs``.
@@ -383,9 +384,7 @@ def run(input: str, output: str, *, model: str, weights: str | None = None, meth
     for t in targets or []:
         if t not in classes:
             raise PipelineError(f"unknown target {t!r}; the model's classes are {', '.join(classes)}")
-    with_beats = bool(beats) and stages._load_beats() is not None
-    if beats and not with_beats:
-        log.warning("ecgray.beats is not available: the beats table will be empty")
+    with_beats = bool(beats)  # ecgray.beats always imports: no beats only when asked (beats=False)
 
     cat = catalog(input, labels_csv=labels_csv)
     rows = cat.to_pylist()

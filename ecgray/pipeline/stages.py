@@ -93,12 +93,11 @@ def maybe_fail(faults, stage: str, shard: str) -> None:
 
 # --------------------------------------------------------------------------- stage 1: read
 def _record_meta(rec) -> SimpleNamespace:
-    """What the tables need of a Record, without its signal."""
+    """What the tables need of a Record, without its signal: ``n_samples`` (as ``Record.n_samples``) instead."""
     lab = rec.labels
     return SimpleNamespace(
         record_key=rec.record_key, record_id=rec.record_id, uri=rec.uri, dataset=rec.dataset, format=rec.format, fs=float(rec.fs),
-        # records_table reads only signal.shape[0]: a zero-byte stand-in with the right shape
-        signal=np.broadcast_to(np.float32(0), (int(rec.signal.shape[0]), 1)),
+        n_samples=int(rec.n_samples),
         # scheme "none" (no labels at all) is kept: records_table writes null label_* for it, not False
         labels=SimpleNamespace(normal=bool(lab.normal), raw=tuple(lab.raw), scheme=lab.scheme,
                                classes=dict(lab.classes)),
@@ -134,7 +133,7 @@ def read_preprocess(batch: pa.Table, *, run_id: str, labels_csv: str | None, pol
                 errors.append(err)
                 continue
             meta = _record_meta(prep.record)
-            n_res = _n_resampled(meta.signal.shape[0], meta.fs)
+            n_res = _n_resampled(meta.n_samples, meta.fs)
             for w in prep.windows:
                 xs.append(w.x)
                 w_meta = SimpleNamespace(record_key=meta.record_key, record_id=w.record_id, window=int(w.window), offset=int(w.offset),
@@ -334,21 +333,16 @@ def _beats_tables(run_id: str, cfg, p: dict, average_beats) -> dict[str, pa.Tabl
     return {"beats": conform(beats, "beats"), "beats_relevance": conform(beats_rel, "beats_relevance")}
 
 
-def _load_beats():
-    try:
-        from ecgray.beats import average_beats
-    except ImportError:
-        return None
-    return average_beats
-
-
 def beats_and_tables(batch: pa.Table, *, run_id: str, cfg, with_beats: bool = True,
                      faults: dict | None = None) -> pa.Table:
     from ecgray.explain import per_lead_tables, records_table, error_row
 
     from schemas.tables import CLASSES
 
-    average_beats = _load_beats() if with_beats else None
+    if with_beats:  # ecgray.beats is part of the package: with_beats=False is the only way to get no beats
+        from ecgray.beats import average_beats
+    else:
+        average_beats = None
     out = []
     for shard, p in unpack(batch):
         maybe_fail(faults, "beats", shard)
@@ -392,7 +386,7 @@ RESULT_SCHEMA = pa.schema([
 
 
 def write_shard(batch: pa.Table, *, output: str, run_id: str, faults: dict | None = None) -> pa.Table:
-    from .store import Store
+    from ecgray.store import Store
 
     store = Store(output)
     rows = []

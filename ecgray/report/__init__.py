@@ -33,6 +33,7 @@ import posixpath
 import numpy as np
 import polars as pl
 
+from ecgray.store import uncommitted_shards
 from schemas.tables import CLASSES, LEADS
 
 from .html import FigureItem, Section, esc, page, table
@@ -45,26 +46,11 @@ def _order(values, preferred=CLASSES) -> list[str]:
     return [c for c in preferred if c in vals] + sorted(v for v in vals if v not in preferred)
 
 
-def _uncommitted_shards(output: str) -> list[str]:
-    from ecgray.io.fs import open_fs
-
-    fs, root = open_fs(output)
-    try:
-        dirs = [posixpath.basename(p.rstrip("/")) for p in fs.ls(posixpath.join(root, "records"), detail=False)]
-    except FileNotFoundError:
-        return []
-    try:
-        markers = {posixpath.basename(p)[:-5] for p in fs.ls(posixpath.join(root, "_commits"), detail=False)}
-    except FileNotFoundError:
-        markers = set()
-    return sorted(d for d in dirs if d.startswith("shard=") and d not in markers)
-
-
 def _summary_section(output: str, points: pl.DataFrame) -> Section:
     from ecgray.reduce import committed_files, scan_table
 
     n_shards = len(committed_files(output, "records"))
-    pending = _uncommitted_shards(output)
+    pending = uncommitted_shards(output)
     rec = scan_table(output, "records")
     n_win = n_rec = 0
     if rec is not None:

@@ -8,6 +8,10 @@ lazily (through :mod:`ecgray.attribution._zennit`), only when one of these
 methods runs; LRP always works on a *deep copy* of the model, so the caller's
 model is never modified, not even temporarily.
 
+Layout (Zennit's): this module holds the two method classes (no Zennit import);
+:mod:`.canonizers` the canonizers, :mod:`.composites` the two composites, each a
+layer map -- both import Zennit and are imported when a method is built.
+
 Rules
 -----
 =========================  ================================  ===================================
@@ -65,11 +69,14 @@ What happens at the BatchNorms
 ------------------------------
 The stem ``conv1 -> bn1`` and each unit's ``conv1 -> bn1`` are folded into the
 conv (weight x gamma/sqrt(var+eps), bias beta - mean x gamma/sqrt(var+eps)) by
-a canonizer, as zennit's ``SequentialMergeBatchNorm`` would -- but pairs are
-found structurally, not by module order: ``SequentialMergeBatchNorm`` would
-also "merge" ``conv2 -> bn2`` because they are adjacent in registration order,
-although ``bn2`` normalises the *sum* ``conv2(..) + skip``, which silently
-changes the network. Zennit's merge also sets the emptied BN to
+a canonizer (:class:`~.canonizers.ResNet1dMergeBatchNorm`), as zennit's
+``SequentialMergeBatchNorm`` would -- but pairs are found structurally, not by
+module order: ``bn2`` normalises the *sum* ``conv2(..) + skip`` and must not
+be folded into ``conv2``. (``SequentialMergeBatchNorm`` folds a BN into the
+linear layer registered just before it; it left ``bn2`` alone only because the
+unit's ``add`` module is registered between ``conv2`` and ``bn2`` -- before
+``ResidualAdd`` existed it silently folded ``bn2``, 0.28 of max |logit| off.)
+Zennit's merge also sets the emptied BN to
 ``running_var = 1``, leaving a factor ``1/sqrt(1 + eps)`` that is negligible
 for torchvision (eps 1e-5) but is 0.05 % per BN with Keras' eps = 1e-3; here
 ``running_var = 1 - eps`` makes it an exact identity (tested: the canonized
@@ -91,18 +98,19 @@ error became median 31x, max 900x the logit on the random-BN test model.
 
 What happens at the residual additions
 --------------------------------------
-``ResidualUnit.forward`` computes ``x = x + y`` in Python. A plain ``+`` is
-invisible to LRP: backward through a sum copies the incoming relevance to
-*both* operands (that is the gradient of a sum), so the relevance of every
-unit would be counted twice and conservation breaks (sum of input relevance
-~ 2^4 x the logit for four units). A Zennit ``AttributeCanonizer``
-(:func:`resnet1d_canonizers`) gives every unit a ``canonizer_sum =
-zennit.layer.Sum()`` child and a ``forward`` that computes
-``canonizer_sum(torch.stack([x, y], -1))`` instead -- the same thing Zennit
-does for torchvision's ``BasicBlock``/``Bottleneck`` -- and the ``Norm`` rule
-on that module splits the relevance of the sum in proportion to each branch's
-contribution, ``R_x = x / (x + y) R``, ``R_y = y / (x + y) R``, so the sum
-is conserved. The pre-BN sum is used twice (``bn2`` and the next unit's skip
+``ResidualUnit.forward`` computes ``x + y`` in a module,
+:class:`~ecgray.models.ribeiro2020.ResidualAdd`. Left as it is, LRP would treat
+that ``+`` by its gradient: backward through a sum copies the incoming
+relevance to *both* operands, so the relevance of every unit would be counted
+twice and conservation breaks (sum of input relevance ~ 2^4 x the logit for
+four units). The canonizer :class:`~.canonizers.ResidualSumCanonizer` swaps
+each ``ResidualAdd`` for a :class:`~.canonizers.ResidualSum`, which computes
+``zennit.layer.Sum()(torch.stack([x, y], -1))`` -- what Zennit does for
+torchvision's ``BasicBlock``/``Bottleneck``, but by swapping the model's own
+add module instead of copying ``forward`` -- and the ``Norm`` rule on that
+``Sum`` splits the relevance of the sum in proportion to each branch's
+contribution, ``R_x = x / (x + y) R``, ``R_y = y / (x + y) R``, so the sum is
+conserved. The pre-BN sum is used twice (``bn2`` and the next unit's skip
 path); the relevance arriving from both consumers adds up there, as it should.
 
 Max-pool in the skip path: ``SameMaxPool1d`` is ``F.max_pool1d``; LRP uses its
@@ -135,202 +143,50 @@ shifts, the ``bn2`` shifts, the dense bias) and through epsilon. Measured
 from __future__ import annotations
 
 import copy
-import functools
 import warnings
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
 
 from ecgray.attribution.base import AttributionMethod, register_method
-from ecgray.models.ribeiro2020 import ResidualUnit, ResNet1d
+from ecgray.models.ribeiro2020 import ResNet1d
 
 FIRST_RULES = ("epsilon", "flat", "wsquare", "zbox", "same")
 
-
-# ---------------------------------------------------------------------------
-# canonizers
-# ---------------------------------------------------------------------------
-
-
-def bn_merge_pairs(root: nn.Module) -> list[tuple[nn.Module, nn.BatchNorm1d]]:
-    """``(conv, bn)`` pairs where the BN directly normalises that conv's output.
-
-    Found by structure, not module order: the stem of every :class:`ResNet1d`
-    and the first conv of every :class:`ResidualUnit`. ``bn2`` of a unit
-    normalises a sum and is *not* listed.
-    """
-    pairs = []
-    for mod in root.modules():
-        if isinstance(mod, (ResNet1d, ResidualUnit)):
-            pairs.append((mod.conv1, mod.bn1))
-    return pairs
-
-
-def _residual_forward(self: ResidualUnit, x: torch.Tensor, y: torch.Tensor):
-    """``ResidualUnit.forward`` with ``x + y`` as a ``zennit.layer.Sum`` module (``self.canonizer_sum``).
-
-    Must mirror :meth:`ecgray.models.ribeiro2020.ResidualUnit.forward`;
-    ``tests/test_lrp.py`` checks that the canonized network gives the same logits.
-    """
-    if self.skip_pool is not None:
-        y = self.skip_pool(y)
-    if self.skip_conv is not None:
-        y = self.skip_conv(y)
-    x = self.drop1(self.relu1(self.bn1(self.conv1(x))))
-    x = self.conv2(x)
-    x = self.canonizer_sum(torch.stack([x, y], dim=-1))
-    y = x
-    x = self.drop2(self.relu2(self.bn2(x)))
-    return x, y
-
-
-@functools.lru_cache(maxsize=None)
-def _canonizer_classes():
-    from ecgray.attribution._zennit import import_zennit
-
-    import_zennit()
-    from zennit.canonizers import AttributeCanonizer, MergeBatchNorm
-    from zennit.layer import Sum
-
-    class ExactMergeBatchNorm(MergeBatchNorm):
-        """Fold each BN of :func:`bn_merge_pairs` into its conv; the BN becomes an exact identity."""
-
-        def apply(self, root_module):
-            instances = []
-            for conv, bn in bn_merge_pairs(root_module):
-                instance = self.copy()
-                instance.register((conv,), bn)
-                instances.append(instance)
-            return instances
-
-        @staticmethod
-        def merge_batch_norm(modules, batch_norm):
-            MergeBatchNorm.merge_batch_norm(modules, batch_norm)
-            # zennit leaves running_var = 1, i.e. a factor 1/sqrt(1 + eps); make it 1.
-            batch_norm.running_var.data = torch.full_like(batch_norm.running_var.data, 1.0 - batch_norm.eps)
-
-    class ResidualSumCanonizer(AttributeCanonizer):
-        """Give every :class:`ResidualUnit` a ``zennit.layer.Sum`` for its residual addition."""
-
-        def __init__(self):
-            super().__init__(self._attribute_map)
-
-        @staticmethod
-        def _attribute_map(name, module):
-            if isinstance(module, ResidualUnit):
-                return {"forward": _residual_forward.__get__(module), "canonizer_sum": Sum()}
-            return None
-
-        def copy(self):
-            return ResidualSumCanonizer()
-
-    return ExactMergeBatchNorm, ResidualSumCanonizer
+#: the LRP parameters and their defaults, the one place for them (``lrp_alpha_beta``
+#: adds ``alpha``/``beta`` and has ``first_rule="same"``); the composites take them from here
+DEFAULTS: dict[str, Any] = {
+    "epsilon": 1e-6,
+    "epsilon_scale": "absolute",
+    "first_rule": "epsilon",
+    "stabilizer": 1e-6,
+    "zbox_low": None,
+    "zbox_high": None,
+}
 
 
 def resnet1d_canonizers() -> list:
     """Fresh Zennit canonizers for :class:`ResNet1d`: BN folding + residual ``Sum`` modules.
 
-    Usable with any Zennit composite: ``EpsilonPlus(canonizers=resnet1d_canonizers())``.
+    Usable with any Zennit composite: ``EpsilonPlus(canonizers=resnet1d_canonizers())``
+    (see :mod:`ecgray.attribution.lrp.canonizers`; imports Zennit).
     """
-    merge, residual = _canonizer_classes()
-    return [merge(), residual()]
+    from ecgray.attribution.lrp import canonizers
 
-
-# ---------------------------------------------------------------------------
-# composite
-# ---------------------------------------------------------------------------
-
-
-def _first_layer(model: nn.Module) -> nn.Module | None:
-    for mod in model.modules():
-        if isinstance(mod, ResNet1d):
-            return mod.conv1
-    for mod in model.modules():
-        if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
-            return mod
-    return None
-
-
-def build_composite(model: nn.Module, params: dict[str, Any], conv_rule: str):
-    """The Zennit composite for ``model`` (see the module docstring for the rules)."""
-    from ecgray.attribution._zennit import import_zennit
-
-    import_zennit()
-    from zennit.core import Composite, Stabilizer
-    from zennit.layer import Sum
-    from zennit.rules import AlphaBeta, Epsilon, Flat, Norm, Pass, WSquare, ZBox
-    from zennit.types import Activation, BatchNorm, Convolution
-
-    stab = float(params["stabilizer"])
-    eps = Stabilizer(epsilon=float(params["epsilon"]), norm_scale=params["epsilon_scale"] == "rms")
-
-    def conv_hook():
-        if conv_rule == "alpha_beta":
-            return AlphaBeta(alpha=float(params["alpha"]), beta=float(params["beta"]), stabilizer=stab)
-        return Epsilon(epsilon=eps)
-
-    first_rule = params["first_rule"]
-    if first_rule == "epsilon":
-        first_hook = Epsilon(epsilon=eps)
-    elif first_rule == "flat":
-        first_hook = Flat(stabilizer=stab)
-    elif first_rule == "wsquare":
-        first_hook = WSquare(stabilizer=stab)
-    elif first_rule == "zbox":
-        first_hook = ZBox(low=_box(params["zbox_low"]), high=_box(params["zbox_high"]), stabilizer=stab)
-    else:  # same
-        first_hook = conv_hook()
-
-    first = _first_layer(model)
-    merged = {id(bn) for _, bn in bn_merge_pairs(model)}
-    templates = {
-        "conv": conv_hook(),
-        "linear": Epsilon(epsilon=eps),
-        "sum": Norm(stabilizer=stab),
-        "bn": Epsilon(epsilon=stab),
-        "pass": Pass(),
-    }
-
-    def module_map(ctx, name, module):
-        if module is first:
-            return first_hook
-        if isinstance(module, Sum):
-            return templates["sum"]
-        if isinstance(module, Convolution):
-            return templates["conv"]
-        if isinstance(module, nn.Linear):
-            return templates["linear"]
-        if isinstance(module, BatchNorm):
-            return templates["pass"] if id(module) in merged else templates["bn"]
-        if isinstance(module, Activation):
-            return templates["pass"]
-        return None
-
-    return Composite(module_map=module_map, canonizers=resnet1d_canonizers())
-
-
-def _box(v):
-    if isinstance(v, torch.Tensor):
-        return v.detach().float()
-    t = torch.as_tensor(v, dtype=torch.float32)
-    if t.ndim == 1:  # one bound per lead -> (1, leads, 1), broadcast by zennit over batch and time
-        t = t[None, :, None]
-    return t
-
-
-# ---------------------------------------------------------------------------
-# methods
-# ---------------------------------------------------------------------------
+    return canonizers.resnet1d_canonizers()
 
 
 class _LRP(AttributionMethod):
+    #: the composite class (a name in :mod:`ecgray.attribution.lrp.composites`)
+    composite_name: ClassVar[str] = ""
     conv_rule: ClassVar[str] = "epsilon"
     default_batch_size = 32
     has_delta = True
+    shared_targets = True
 
     @classmethod
     def check_params(cls, p):
+        p = dict(p)
         if float(p["epsilon"]) < 0:
             raise ValueError("epsilon must be >= 0")
         if p["epsilon_scale"] not in ("absolute", "rms"):
@@ -341,9 +197,12 @@ class _LRP(AttributionMethod):
             raise ValueError(f"first_rule must be one of {FIRST_RULES}")
         if p["first_rule"] == "zbox" and (p.get("zbox_low") is None or p.get("zbox_high") is None):
             raise ValueError("first_rule='zbox' needs zbox_low and zbox_high (input bounds)")
+        return p
 
-    def __init__(self, forward, params, *, seed=0):
-        super().__init__(forward, params, seed=seed)
+    def __init__(self, forward, params=None, *, seed=0, **keywords):
+        super().__init__(forward, params, seed=seed, **keywords)
+        from ecgray.attribution.lrp import composites
+
         self.model = copy.deepcopy(forward)
         if not any(isinstance(m, ResNet1d) for m in self.model.modules()):
             warnings.warn(
@@ -351,7 +210,8 @@ class _LRP(AttributionMethod):
                 "written as '+' are not canonized and BNs are not folded",
                 stacklevel=3,
             )
-        self.composite = build_composite(self.model, params, self.conv_rule)
+        make = getattr(composites, self.composite_name)
+        self.composite = make(self.model, canonizers=resnet1d_canonizers(), **self.params)
 
     def provenance(self):
         out = super().provenance()
@@ -370,8 +230,6 @@ class _LRP(AttributionMethod):
             (rel,) = torch.autograd.grad(out, x, grad_outputs=grad_out)
         delta = rel.sum(dim=tuple(range(1, rel.ndim))) - sel[:, 0].detach()
         return rel.detach(), delta
-
-    shared_targets = True
 
     def attribute_records(self, x, targets, record):
         """One modified forward, then one modified backward per target (retained graph)."""
@@ -399,15 +257,9 @@ class LRPEpsilon(_LRP):
 
     name = "lrp_epsilon"
     aliases = ("lrp", "lrp_eps", "lrpepsilon")
+    composite_name = "ResNet1dEpsilon"
     conv_rule = "epsilon"
-    defaults = {
-        "epsilon": 1e-6,
-        "epsilon_scale": "absolute",
-        "first_rule": "epsilon",
-        "stabilizer": 1e-6,
-        "zbox_low": None,
-        "zbox_high": None,
-    }
+    defaults = dict(DEFAULTS)
 
 
 @register_method
@@ -416,21 +268,14 @@ class LRPAlphaBeta(_LRP):
 
     name = "lrp_alpha_beta"
     aliases = ("lrp_ab", "lrp_alpha2_beta1", "lrpalphabeta")
+    composite_name = "ResNet1dAlphaBeta"
     conv_rule = "alpha_beta"
-    defaults = {
-        "alpha": 2.0,
-        "beta": 1.0,
-        "epsilon": 1e-6,
-        "epsilon_scale": "absolute",
-        "first_rule": "same",
-        "stabilizer": 1e-6,
-        "zbox_low": None,
-        "zbox_high": None,
-    }
+    defaults = {"alpha": 2.0, "beta": 1.0, **DEFAULTS, "first_rule": "same"}
 
     @classmethod
     def check_params(cls, p):
-        super().check_params(p)
+        p = super().check_params(p)
         a, b = float(p["alpha"]), float(p["beta"])
         if a < 0 or b < 0 or abs(a - b - 1.0) > 1e-12:
             raise ValueError("alpha-beta rule needs alpha, beta >= 0 and alpha - beta = 1")
+        return p
