@@ -319,7 +319,7 @@ def _expand(items: list[str]) -> list[str]:
     """Folders, s3 prefixes and multi-exam HDF5 files named without ``#row`` -> the URIs of the records
     they hold (via the catalog, as ``ecgray catalog`` and ``ecgray run`` list them)."""
     from .io import catalog as build_catalog
-    from .io.record import is_hdf5
+    from .io.read import is_hdf5
 
     uris: list[str] = []
     for item in items:

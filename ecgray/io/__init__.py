@@ -12,7 +12,8 @@ from __future__ import annotations
 from ecgray.io.catalog import CATALOG_SCHEMA, catalog, skipped_files
 from ecgray.io.fs import fs_path, is_s3, join, open_fs, pyarrow_fs
 from ecgray.io.labels import LabelTable, Labels, canonical, from_codes, from_dx, parse_scp_codes, read_labels_csv
-from ecgray.io.record import Record, read_record
+from ecgray.io.read import read_record
+from ecgray.io.record import Record
 
 __all__ = [
     "CATALOG_SCHEMA",

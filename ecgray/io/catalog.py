@@ -51,7 +51,7 @@ from ecgray.errors import ECGError, ReadError
 from ecgray.io.code15 import describe_hdf5
 from ecgray.io.fs import is_s3, open_fs, to_uri
 from ecgray.io.labels import Labels, LabelTable, from_dx, read_labels_csv
-from ecgray.io.record import resolve_labels
+from ecgray.io.labels import resolve_labels
 from ecgray.io import wfdb as wfdb_io
 from ecgray.models.ribeiro2020 import CLASSES, LEADS
 

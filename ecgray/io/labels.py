@@ -317,3 +317,16 @@ def read_labels_csv(uri: str) -> LabelTable:
             _CACHE.clear()
         _CACHE[key] = hit
     return hit
+
+
+def resolve_labels(header: Labels, ids: list[str], row: int | None,
+                   table: LabelTable | None) -> tuple[Labels, str]:
+    """Pick labels: the CSV row when ``table`` lists the record (tried with each
+    id in ``ids``), else the header's. Returns ``(labels, source)`` with source
+    ``"csv"``, ``"header"`` or ``"none"``."""
+    if table is not None:
+        for rid in ids:
+            hit = table.lookup(rid, row)
+            if hit is not None:
+                return hit, "csv"
+    return header, ("none" if header.scheme == "none" else "header")
