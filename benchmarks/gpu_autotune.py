@@ -22,7 +22,7 @@ import torch
 
 from ecgray.attribution import attribute
 from ecgray.attribution.fast import compile_model
-from ecgray.bench import _rel_l2, _roofline, bench_setup, ig_reference, save, timed
+from ecgray.bench import rel_l2, roofline, bench_setup, ig_reference, save, timed
 from ecgray.models.ribeiro2020 import ResNet2dView
 
 
@@ -51,8 +51,8 @@ def main() -> None:
             ph["first_call_s"] = round(time.perf_counter() - t0, 1)
             with timed(device, ph, gpu=True):
                 out = attribute(model, X, targets=None, method="ig", n_steps=n, precision="bf16").relevance
-            ph["median_rel_l2_vs_fp32"], ph["max_rel_l2_vs_fp32"] = _rel_l2(out, ref)
-            _roofline(ph, n, F, len(T), n_attr, res["machine"]["gpu"])
+            ph["median_rel_l2_vs_fp32"], ph["max_rel_l2_vs_fp32"] = rel_l2(out, ref)
+            roofline(ph, n, F, len(T), n_attr, res["machine"]["gpu"])
             ph["attributions_per_s"] = round(n_attr / ph["seconds"], 1)
         except Exception as exc:  # noqa: BLE001 - report, keep the other figures
             ph["error"] = f"{type(exc).__name__}: {exc}"[:500]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ecgray.bench import _cuda_precisions, bench_setup, ig_reference, print_table, save
+from ecgray.bench import cuda_precisions, bench_setup, ig_reference, print_table, save
 
 
 def main() -> None:
@@ -34,9 +34,9 @@ def main() -> None:
     ref, ref_ph = ig_reference(net, X, n, device)
     res["phases"]["fp32_eager_1d_reference"] = ref_ph
     P = res["phases"]
-    P.update(_cuda_precisions(net, X, T, n, F, res["machine"]["gpu"], device, row, False, ref, ref_ph["seconds"],
+    P.update(cuda_precisions(net, X, T, n, F, res["machine"]["gpu"], device, row, False, ref, ref_ph["seconds"],
                               layouts=("1d", "2d")))
-    P.update(_cuda_precisions(net, X, T, n, F, res["machine"]["gpu"], device, row, True, ref, ref_ph["seconds"],
+    P.update(cuda_precisions(net, X, T, n, F, res["machine"]["gpu"], device, row, True, ref, ref_ph["seconds"],
                               layouts=("2d",), precisions=("tf32", "bf16")))
     res["rows"] = rows
     print_table(res)

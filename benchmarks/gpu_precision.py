@@ -9,7 +9,7 @@ row: worst ``max|a-b| / max|b|`` and the median / worst relative L2 error.
 
 Part 2, speed: IG-50, all 6 targets, 64 CODE-15 exams, eager vs ``torch.compile``
 in float32, TF32 and bf16 -- the ``precision`` phases of ``ecgray bench``
-(``ecgray.bench._cuda_precisions``). The committed results/gpu_precision.json
+(``ecgray.bench.cuda_precisions``). The committed results/gpu_precision.json
 was written by an earlier version of this part (keys ``<setting>_<mode>``
 with ``fp32_strict``; see its ``notes``).
 
@@ -26,7 +26,7 @@ import torch
 
 from ecgray.attribution import attribute
 from ecgray.attribution.core import precision_mode
-from ecgray.bench import (_cuda_precisions, _rel, _rel_l2, bench_inputs, forward_flops, ig_reference, machine,
+from ecgray.bench import (cuda_precisions, max_rel_diff, rel_l2, bench_inputs, forward_flops, ig_reference, machine,
                           naive_ig, naive_saliency, save)
 from ecgray.models import load_model
 
@@ -36,8 +36,8 @@ SETTINGS = {"fp32_strict": "fp32", "tf32": "tf32", "bf16": "bf16"}
 
 
 def errors(a: np.ndarray, ref: np.ndarray) -> dict:
-    med, worst = _rel_l2(a, ref)
-    return {"max_rel_diff": _rel(a, ref), "median_rel_l2": med, "max_rel_l2": worst}
+    med, worst = rel_l2(a, ref)
+    return {"max_rel_diff": max_rel_diff(a, ref), "median_rel_l2": med, "max_rel_l2": worst}
 
 
 def part_precision(X: np.ndarray, device: str) -> dict:
@@ -74,7 +74,7 @@ def part_speed(X: np.ndarray, device: str, n_steps: int = 50) -> dict:
     def row(name, base_s, s, n_attr, **extra):
         print(f"{name}: {s:.3f} s, {n_attr / s:.0f} attributions/s, {extra}", flush=True)
 
-    return _cuda_precisions(net, X, T, n_steps, forward_flops(net), torch.cuda.get_device_name(), device, row, True,
+    return cuda_precisions(net, X, T, n_steps, forward_flops(net), torch.cuda.get_device_name(), device, row, True,
                             ref, ref_ph["seconds"])
 
 

@@ -37,7 +37,31 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+#: a source checkout's root (``pyproject.toml`` next to the package), None for an installed wheel
+_CHECKOUT = Path(__file__).resolve().parents[1]
+CHECKOUT: Path | None = _CHECKOUT if (_CHECKOUT / "pyproject.toml").is_file() else None
+DATA_ENV = "ECGRAY_DATA"
+
+
+def data_root() -> Path:
+    """Where the benchmark looks for the shared data (``code15-test80/``, ``cpsc2018-a0001-a0150/``):
+    ``$ECGRAY_DATA``, else ``../shared/data`` next to the working directory, else next to a source
+    checkout. Missing data fall back to synthetic inputs."""
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV])
+    for base in (Path.cwd(), CHECKOUT):
+        if base is not None and (base.parent / "shared" / "data").is_dir():
+            return base.parent / "shared" / "data"
+    return Path.cwd().parent / "shared" / "data"
+
+
+def default_output(name: str) -> Path:
+    """``benchmarks/results/<name>`` of the working directory (or the source checkout) when that folder
+    exists, else ``./<name>``: never inside an installed package."""
+    for base in (Path.cwd(), CHECKOUT):
+        if base is not None and (base / "benchmarks" / "results").is_dir():
+            return base / "benchmarks" / "results" / name
+    return Path.cwd() / name
 #: dense bf16 peak (TFLOP/s, no sparsity) by card name fragment
 PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "H200": 989.0, "A100": 312.0,
                     "L4": 121.0, "A10G": 70.0, "L40S": 362.0}
@@ -175,7 +199,7 @@ def bench_inputs(n: int, data: Path | None = None) -> tuple[np.ndarray, str]:
     """``n`` model inputs: real CODE-15 exams if the shared data are there, else synthetic ECGs."""
     import h5py
 
-    d = data or ROOT.parent / "shared" / "data" / "code15-test80"
+    d = data or data_root() / "code15-test80"
     files = sorted(d.glob("*.hdf5"))[:n] if d.is_dir() else []
     if len(files) >= n:
         xs = []
@@ -214,7 +238,7 @@ def ig_reference(net, X: np.ndarray, n_steps: int, device: str) -> tuple[np.ndar
     return ref, ph
 
 
-def _rel(a: np.ndarray, b: np.ndarray) -> float:
+def max_rel_diff(a: np.ndarray, b: np.ndarray) -> float:
     """max |a - b| over max |b|, per (record, target) row, worst row."""
     num = np.abs(a - b).reshape(*a.shape[:2], -1).max(-1)
     den = np.abs(b).reshape(*b.shape[:2], -1).max(-1)
@@ -302,8 +326,8 @@ def run_bench(*, device: str = "cpu", quick: bool = False, model: str = "random"
             rows_path = attribute(net, X, targets=None, method="ig", n_steps=n, multi_target="rows")
         fast_by_steps[n] = fast.relevance
         ph["max_abs_diff"] = float(np.abs(fast.relevance - ref).max())
-        ph["max_rel_diff"] = _rel(fast.relevance, ref)
-        ph["max_rel_diff_rows_path"] = _rel(rows_path.relevance, ref)
+        ph["max_rel_diff"] = max_rel_diff(fast.relevance, ref)
+        ph["max_rel_diff_rows_path"] = max_rel_diff(rows_path.relevance, ref)
         ph["chunk"] = fast.params["internal_batch_size"]
         b, e = ph["naive"]["seconds"], ph["ecgray"]["seconds"]
         row(f"IG-{n} all targets (fast path)", b, e, n_attr, max_rel_diff=f"{ph['max_rel_diff']:.1e}",
@@ -311,7 +335,7 @@ def run_bench(*, device: str = "cpu", quick: bool = False, model: str = "random"
         row(f"IG-{n} rows path (targets stacked)", b, ph["ecgray_rows"]["seconds"], n_attr,
             max_rel_diff=f"{ph['max_rel_diff_rows_path']:.1e}", peak_rss_mib=ph["ecgray_rows"]["peak_rss_mib"])
         if cuda:
-            _roofline(ph, n, F, len(T), n_attr, res["machine"].get("gpu", ""), seconds=e)
+            roofline(ph, n, F, len(T), n_attr, res["machine"].get("gpu", ""), seconds=e)
         # equal completeness error: adaptive steps (nested trapezoid) at rtol = the naive loop's median
         # error (then every row is held to it: more accurate than the naive loop, whose worse half is
         # above it) and at 2x that (closer to the naive loop's own median)
@@ -350,7 +374,7 @@ def run_bench(*, device: str = "cpu", quick: bool = False, model: str = "random"
             ref = naive()
         with timed(device, ph.setdefault("ecgray", {}), gpu=cuda):
             fast = attribute(net, X, targets=None, method=method)
-        ph["max_rel_diff"] = _rel(fast.relevance, ref)
+        ph["max_rel_diff"] = max_rel_diff(fast.relevance, ref)
         P[method] = ph
         label = "one row at a time" if method == "lrp_epsilon" else "Captum per target"
         row(f"{method} all targets (vs {label})", ph["naive"]["seconds"], ph["ecgray"]["seconds"], n_attr,
@@ -367,7 +391,7 @@ def run_bench(*, device: str = "cpu", quick: bool = False, model: str = "random"
 
     if cuda and precisions:
         n = steps[-1]
-        P["precision"] = _cuda_precisions(net, X, T, n, F, res["machine"].get("gpu", ""), device, row, compile_model,
+        P["precision"] = cuda_precisions(net, X, T, n, F, res["machine"].get("gpu", ""), device, row, compile_model,
                                           fast_by_steps[n], P[f"ig_{n}"]["ecgray"]["seconds"], layouts=("1d", "2d"))
 
     n_e2e = e2e_records if e2e_records is not None else (2 if quick else 8)
@@ -380,7 +404,7 @@ def run_bench(*, device: str = "cpu", quick: bool = False, model: str = "random"
     return res
 
 
-def _roofline(ph: dict, n_steps: int, F: float, n_targets: int, n_attr: int, gpu: str,
+def roofline(ph: dict, n_steps: int, F: float, n_targets: int, n_attr: int, gpu: str,
               seconds: float | None = None) -> None:
     """Achieved TFLOP/s of an IG run and its fraction of the card's dense bf16 peak, into ``ph``.
 
@@ -394,7 +418,7 @@ def _roofline(ph: dict, n_steps: int, F: float, n_targets: int, n_attr: int, gpu
     ph["roofline_fraction_of_bf16_peak"] = None if pk is None else round(ph["achieved_tflops"] / pk, 4)
 
 
-def _rel_l2(a: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+def rel_l2(a: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     """Median and worst relative L2 error per (record, target) row."""
     n = a.shape[0] * a.shape[1]
     num = np.linalg.norm((a - ref).reshape(n, -1), axis=1)
@@ -402,7 +426,7 @@ def _rel_l2(a: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     return float(np.median(num / den)), float((num / den).max())
 
 
-def _cuda_precisions(net, X, T, n, F, gpu, device, row, compile_model, ref, ref_s, layouts=("1d",),
+def cuda_precisions(net, X, T, n, F, gpu, device, row, compile_model, ref, ref_s, layouts=("1d",),
                      precisions=("fp32", "tf32", "bf16")) -> dict:
     """IG-``n`` in true float32, TF32 and bf16, eager and (``compile_model``) compiled, per layout
     (``"1d"``: the model as it is; ``"2d"``: :class:`~ecgray.models.ribeiro2020.ResNet2dView`,
@@ -434,9 +458,9 @@ def _cuda_precisions(net, X, T, n, F, gpu, device, row, compile_model, ref, ref_
             ph["error"] = f"{type(exc).__name__}: {exc}"[:500]
             out[key] = ph
             continue
-        ph["median_rel_l2_vs_fp32"], ph["max_rel_l2_vs_fp32"] = _rel_l2(res.relevance, ref)
-        ph["max_rel_diff_vs_fp32"] = _rel(res.relevance, ref)
-        _roofline(ph, n, F, len(T), n_attr, gpu)
+        ph["median_rel_l2_vs_fp32"], ph["max_rel_l2_vs_fp32"] = rel_l2(res.relevance, ref)
+        ph["max_rel_diff_vs_fp32"] = max_rel_diff(res.relevance, ref)
+        roofline(ph, n, F, len(T), n_attr, gpu)
         out[key] = ph
         row(f"IG-{n} {prec} {mode}{'' if layout == '1d' else ' 2d-cl'} (vs fp32 eager)", ref_s, ph["seconds"], n_attr,
             rel_l2=f"{ph['median_rel_l2_vs_fp32']:.1e}", tflops=ph["achieved_tflops"],
@@ -458,7 +482,7 @@ def end_to_end(model: str, n: int, n_steps: int, *, device: str, data: Path | No
     from ecgray.pipeline import run as run_dataset
     from ecgray.pipeline.run import ray_init_if_needed
 
-    src = ROOT.parent / "shared" / "data" / "cpsc2018-a0001-a0150"
+    src = data_root() / "cpsc2018-a0001-a0150"
     tmp = Path(tempfile.mkdtemp(prefix="ecgray-bench-"))
     try:
         inp = tmp / "in"

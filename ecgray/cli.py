@@ -557,16 +557,16 @@ def bench_cmd(
     records: Optional[int] = typer.Option(None, "--records", help="Records per phase (default 4 on CPU, 64 on CUDA, 1 quick)."),
     n_steps: Optional[str] = typer.Option(None, "--n-steps", help="IG step counts, comma-separated (default 16,50; quick 8)."),
     e2e_records: Optional[int] = typer.Option(None, "--e2e-records", help="Records of the end-to-end pipeline phase (0 = skip)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSON result (default benchmarks/results/bench_<device>[_quick].json); rewritten after every phase."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Folder of CODE-15 HDF5 exams for the inputs (default ../shared/data/code15-test80; synthetic ECGs if absent)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="JSON result (default benchmarks/results/bench_<device>[_quick].json when that folder exists here, else ./bench_...json); rewritten after every phase."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Folder of CODE-15 HDF5 exams for the inputs (default $ECGRAY_DATA or ../shared/data, code15-test80/; synthetic ECGs if absent)."),
     compile_model: bool = typer.Option(False, "--compile", help="Also time torch.compile of the model (CUDA only)."),
 ) -> None:
     """Attribution and pipeline speed as ratios to the naive Captum loop, measured side by side; JSON + table."""
-    from .bench import ROOT, print_table, run_bench, save
+    from .bench import default_output, print_table, run_bench, save
 
     steps = tuple(int(v) for v in n_steps.split(",")) if n_steps else None
     name = f"bench_{device.split(':')[0]}{'_quick' if quick else ''}.json"
-    path = out or ROOT / "benchmarks" / "results" / name
+    path = out or default_output(name)
     try:
         res = run_bench(device=device, quick=quick, model=model, records=records, n_steps=steps,
                         e2e_records=e2e_records, data=data, compile_model=compile_model, checkpoint=path)

@@ -85,3 +85,21 @@ def test_committed_memory_results_are_flat():
         assert ratio <= 1.2, (k, ratio)
     big = json.loads((res_dir / "pipeline_memory_store7000.json").read_text())
     assert big["object_store_mb"] == 7000 and big["rss_ratio"]["worker_max"] > res["rss_ratio"]["worker_max"]
+
+
+def test_paths_of_an_installed_package(tmp_path, monkeypatch):
+    """Installed from a wheel (no source checkout): results go to the working directory, never into the
+    package, and the data come from $ECGRAY_DATA or ../shared/data next to the working directory."""
+    from ecgray import bench
+
+    monkeypatch.setattr(bench, "CHECKOUT", None)
+    monkeypatch.delenv(bench.DATA_ENV, raising=False)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert bench.default_output("b.json") == work / "b.json"
+    (work / "benchmarks" / "results").mkdir(parents=True)
+    assert bench.default_output("b.json") == work / "benchmarks" / "results" / "b.json"
+    assert bench.data_root() == tmp_path / "shared" / "data"
+    monkeypatch.setenv(bench.DATA_ENV, str(tmp_path / "elsewhere"))
+    assert bench.data_root() == tmp_path / "elsewhere"
