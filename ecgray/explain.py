@@ -22,7 +22,12 @@ import pyarrow as pa
 
 from schemas.tables import CLASSES, LEADS, conform, from_rows
 
-from .errors import ECGError, redact
+from .attribution import attribute
+from .errors import ECGError, ModelError, redact
+from .io import read_record
+from .leads import canonical_lead
+from .models.spec import RIBEIRO2020, spec_of
+from .preprocess import preprocess
 
 
 def new_run_id() -> str:
@@ -68,9 +73,6 @@ def prepare(uri: str, *, run_id: str, labels_csv: str | None = None, policy: str
             record_key: str | None = None) -> tuple[PreparedRecord | None, dict | None]:
     """Read and preprocess one record. Returns ``(prepared, None)`` or ``(None, error_row)``.
     ``record_key``: the record's key within its input (default: ``uri``)."""
-    from .io import read_record
-    from .preprocess import preprocess
-
     record_id = None
     key = record_key or str(uri)
     try:
@@ -196,10 +198,6 @@ def require_table_layout(model) -> None:
     preprocessed (:func:`ecgray.preprocess.preprocess`) and attributed (:func:`ecgray.attribution.attribute`)
     but not yet written as tables.
     """
-    from .errors import ModelError
-    from .leads import canonical_lead
-    from .models.spec import RIBEIRO2020, spec_of
-
     spec = spec_of(model)
     ref = RIBEIRO2020
     diff = []
@@ -224,8 +222,6 @@ def explain_windows(model, items: list[tuple[object, object]], cfg: ExplainConfi
     Returns ``records`` (one row per window), ``relevance_summary`` and, when
     ``cfg.keep_relevance``, ``relevance`` — all conforming to ``schemas``.
     """
-    from .attribution import attribute
-
     require_table_layout(model)
     x = np.stack([w.x for _, w in items]).astype(np.float32, copy=False)
     tables: dict[str, list[pa.Table]] = {"records": [], "relevance_summary": [], "relevance": []}

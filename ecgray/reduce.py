@@ -74,14 +74,17 @@ The same ``lead_relevance`` query in DuckDB: :func:`duckdb_lead_relevance_sql`.
 """
 from __future__ import annotations
 
+import io
 import posixpath
+import uuid
 import zlib
 from typing import Iterable
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 
-from ecgray.io.fs import is_s3, storage_options
+from ecgray.io.fs import fs_path, is_s3, join, open_fs, pyarrow_fs, storage_options
 from ecgray.store import committed_table_files
 from schemas.tables import CLASSES, LEADS, READABLE_VERSIONS, conform, empty
 
@@ -344,15 +347,9 @@ class PointsSink:
     """Writes ``class_probability_points`` shard by shard to one Parquet file (local or S3), conformed."""
 
     def __init__(self, dest: str):
-        import pyarrow.parquet as pq
-
-        from ecgray.io.fs import fs_path, join, pyarrow_fs
-
         fs = pyarrow_fs(dest)
         if not is_s3(dest):
             fs.create_dir(fs_path(dest), recursive=True)
-        import uuid
-
         self.fs, self.path = fs, join(dest, "class_probability_points.parquet")
         self._tmp = join(dest, f"_tmp-points-{uuid.uuid4().hex[:8]}.parquet")  # moved into place by commit()
         self.schema = conform(empty("class_probability_points"), "class_probability_points").schema
@@ -369,14 +366,10 @@ class PointsSink:
         self._writer.close()
 
     def commit(self) -> None:
-        from ecgray.io.fs import fs_path
-
         self.close()
         self.fs.move(fs_path(self._tmp), fs_path(self.path))
 
     def discard(self) -> None:
-        from ecgray.io.fs import fs_path
-
         self.close()
         try:
             self.fs.delete_file(fs_path(self._tmp))
@@ -546,10 +539,6 @@ def _scan_points(path: str) -> pl.LazyFrame:
 
 # ---------------------------------------------------------------------------------- driver
 def _write(df: pl.DataFrame, name: str, dest: str) -> None:
-    import pyarrow.parquet as pq
-
-    from ecgray.io.fs import fs_path, join, pyarrow_fs
-
     tbl = conform(df.to_arrow(), name)
     fs = pyarrow_fs(dest)
     if not is_s3(dest):
@@ -572,8 +561,6 @@ def _partial_task(files: list[dict], threshold: float, storage_options) -> bytes
 
 
 def _ipc(df: pl.DataFrame | None) -> bytes | None:
-    import io
-
     if df is None:
         return None
     buf = io.BytesIO()
@@ -588,8 +575,6 @@ def _acc_payload(acc: Accumulator) -> dict:
 
 
 def _payload_partial(p: dict) -> dict:
-    import io
-
     df = lambda b: None if b is None else pl.read_ipc(io.BytesIO(b))  # noqa: E731
     return {"points": df(p["points"]), "lead": df(p["lead"]), "wave": df(p["wave"]),
             "beat": {tuple(k): tuple(v) for k, v in zip(p["beat_keys"], p["beat"])}}
@@ -643,8 +628,6 @@ def reduce(output: str, *, threshold: float = 0.5, n_bins: int = 10, n_boot: int
     schemas). Raises FileNotFoundError when ``output`` has no committed ``relevance_summary``, and
     ValueError for outputs of a schema version this reducer cannot read.
     """
-    from ecgray.io.fs import join
-
     if n_bins < 1:
         raise ValueError("n_bins must be >= 1")
     shards = committed_shard_files(output)
@@ -674,8 +657,6 @@ def reduce(output: str, *, threshold: float = 0.5, n_bins: int = 10, n_boot: int
 
 def read_reduced(output: str, dest: str | None = None) -> dict[str, pl.DataFrame] | None:
     """The reduced tables written by :func:`reduce` (None if any is missing)."""
-    from ecgray.io.fs import join, open_fs
-
     dest = dest or join(output, "reduced")
     fs, root = open_fs(dest)
     out = {}
