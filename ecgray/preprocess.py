@@ -116,7 +116,7 @@ def reorder_leads(signal: np.ndarray, leads: Sequence[str], *, record_id: str | 
         unknown = [str(n) for n, c in zip(leads, canon) if c is None]
         msg = f"missing leads {list(missing)}" + (f" (unknown leads {unknown})" if unknown else "")
         raise LeadError(record_id, msg, error_type="missing_leads")
-    order = [canon.index(w) for w in wanted]
+    order = lead_order(leads, model_leads)
     flags = ("extra_leads_dropped",) if len(leads) > len(order) else ()
     return signal[:, order], flags
 
