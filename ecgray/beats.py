@@ -75,7 +75,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ecgray.models.ribeiro2020 import FS, LEADS
+from ecgray.leads import STANDARD_LEADS, canonical_lead
+from ecgray.models.ribeiro2020 import FS
 
 __all__ = ["WINDOW_MS", "BeatAverage", "detect_rpeaks", "average_beats", "lead_quality", "rr_plausible",
            "template_correlation", "detection_plausible"]
@@ -287,21 +288,23 @@ def _loosely_plausible(signal_1d: np.ndarray, peaks: np.ndarray, fs: float, vali
     return template_correlation(signal_1d, peaks, fs, valid=valid) >= MIN_TEMPLATE_CORR
 
 
-def _lead_index(lead: str | int, n_leads: int) -> int:
+def _lead_names(leads, n_leads: int) -> tuple[str, ...]:
+    """Canonical names of the rows of ``x``: ``leads`` (any spelling), default the 12 standard leads."""
+    names = tuple(canonical_lead(x) or str(x) for x in (leads if leads is not None else STANDARD_LEADS[:n_leads]))
+    if len(names) != n_leads:
+        raise ValueError(f"{len(names)} lead names {list(names)} for x with {n_leads} leads")
+    return names
+
+
+def _lead_index(lead: str | int, names: tuple[str, ...]) -> int:
     if isinstance(lead, (int, np.integer)):
-        if not 0 <= int(lead) < n_leads:
-            raise ValueError(f"lead index {lead} out of range for {n_leads} leads")
+        if not 0 <= int(lead) < len(names):
+            raise ValueError(f"lead index {lead} out of range for {len(names)} leads")
         return int(lead)
-    from ecgray.preprocess import canonical_lead
-
     name = canonical_lead(lead) or str(lead).upper()
-    if name not in LEADS[:n_leads]:
-        raise ValueError(f"unknown lead {lead!r}; expected one of {LEADS}")
-    return LEADS.index(name)
-
-
-def _lead_name(i: int) -> str:
-    return LEADS[i] if i < len(LEADS) else str(i)
+    if name not in names:
+        raise ValueError(f"unknown lead {lead!r}; expected one of {list(names)}")
+    return names.index(name)
 
 
 def _heart_rate(peaks: np.ndarray, fs: float) -> float:
@@ -311,9 +314,12 @@ def _heart_rate(peaks: np.ndarray, fs: float) -> float:
 
 
 def average_beats(x: np.ndarray, relevance: np.ndarray, fs: float = FS, *, lead: str = "DII",
-                  window_ms: tuple[float, float] = WINDOW_MS, valid: tuple[int, int] | None = None,
+                  leads=None, window_ms: tuple[float, float] = WINDOW_MS, valid: tuple[int, int] | None = None,
                   method: str = "neurokit", min_beats: int = 3) -> BeatAverage:
-    """R-peak aligned mean beat of ``x`` (12, L) and ``relevance`` (..., 12, L).
+    """R-peak aligned mean beat of ``x`` (leads, L) and ``relevance`` (..., leads, L).
+
+    ``leads``: the names of ``x``'s rows (a model's ``spec.leads``; default the 12 standard leads in
+    the order of :data:`ecgray.leads.STANDARD_LEADS`); ``lead`` the one to detect R-peaks on first.
 
     See the module docstring for the lead fallback, beat selection and
     quality policies. Raises ``ValueError`` only for inconsistent arguments
@@ -331,7 +337,8 @@ def average_beats(x: np.ndarray, relevance: np.ndarray, fs: float = FS, *, lead:
     if w1 <= w0:
         raise ValueError(f"empty beat window {window_ms} ms at {fs} Hz")
     n_leads, n = x.shape
-    req = _lead_index(lead, n_leads)
+    names = _lead_names(leads, n_leads)
+    req = _lead_index(lead, names)
     start, stop = _valid_range(valid, n)
     vr = (start, stop)
 
@@ -378,5 +385,5 @@ def average_beats(x: np.ndarray, relevance: np.ndarray, fs: float = FS, *, lead:
     else:
         quality = "ok"
     return BeatAverage(offsets_ms=offsets_ms, signal=sig, relevance=rel, n_beats=n_beats, peaks=peaks,
-                       lead_used=_lead_name(used), quality=quality, fs=fs,
+                       lead_used=names[used], quality=quality, fs=fs,
                        heart_rate_bpm=_heart_rate(peaks_all, fs))

@@ -189,7 +189,7 @@ def explain(
     output_kind: str = typer.Option("logit", "--output-kind", help="Attribute the pre-sigmoid 'logit' or the 'probability'."),
     param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="Method parameter KEY=VALUE, e.g. -p n_steps=16."),
     labels: Optional[str] = typer.Option(None, "--labels", help="REFERENCE.csv (CPSC) or ptbxl_database.csv."),
-    policy: str = typer.Option("first", "--window", help="Records longer than 4096 samples at 400 Hz: first, centre or windows."),
+    policy: str = typer.Option("first", "--window", help="Records longer than the model's window (4096 samples at 400 Hz for Ribeiro et al. 2020): first, centre or windows."),
     stride: Optional[float] = typer.Option(None, "--stride", help="Window stride in seconds for --window windows."),
     batch_size: int = typer.Option(8, "--batch-size", help="Windows per attribution call."),
     out: Path = typer.Option(Path("relevance.parquet"), "--out", "-o", help="Parquet file for the per-sample relevance table."),
@@ -206,14 +206,14 @@ def explain(
         from .models import load_model, model_id
 
         net = load_model(model, weights=weights)
-        require_table_layout(net)
+        classes = require_table_layout(net).classes
     except ModelError as exc:
         fail(str(exc))
     methods = _resolve_methods(method)
     targets = _parse_targets(target)
     for t in targets or []:
-        if t not in net.classes:
-            fail(f"unknown target {t!r}; the model's classes are {', '.join(net.classes)}")
+        if t not in classes:
+            fail(f"unknown target {t!r}; the model's classes are {', '.join(classes)}")
     if output_kind not in ("logit", "probability"):
         fail("--output-kind must be 'logit' or 'probability'")
     uris = list(dict.fromkeys(_expand(records)))  # a record named twice is explained once
@@ -237,7 +237,7 @@ def explain(
         err_path = out.with_name(out.stem + ".errors.parquet")
         pq.write_table(errors, err_path)
     recs = tables["records"]
-    _print_probabilities(recs, targets or list(net.classes))
+    _print_probabilities(recs, targets or list(classes))
     console.print(f"{recs.num_rows} windows of {len(set(recs.column('record_key').to_pylist()))} records explained "
                   f"({', '.join(methods)}; {errors.num_rows} skipped) in {dt:.1f} s -> {out}")
     pq.write_table(recs, out.with_name(out.stem + ".records.parquet"))
@@ -381,7 +381,7 @@ def run_pipeline(
     output_kind: str = typer.Option("logit", "--output-kind", help="Attribute the 'logit' or the 'probability'."),
     param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="Method parameter KEY=VALUE (or METHOD.KEY=VALUE)."),
     labels: Optional[str] = typer.Option(None, "--labels", help="REFERENCE.csv (CPSC) or ptbxl_database.csv."),
-    policy: str = typer.Option("first", "--window", help="Records longer than 4096 samples at 400 Hz: first, centre or windows."),
+    policy: str = typer.Option("first", "--window", help="Records longer than the model's window (4096 samples at 400 Hz for Ribeiro et al. 2020): first, centre or windows."),
     shard_size: int = typer.Option(32, "--shard-size", help="Records per shard (the unit of work, write and resume)."),
     resume: bool = typer.Option(False, "--resume", help="Skip shards already committed in OUTPUT."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete a previous output in OUTPUT first."),

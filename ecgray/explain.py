@@ -14,19 +14,20 @@ from __future__ import annotations
 
 import traceback
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from schemas.tables import CLASSES, LEADS, conform, from_rows
+from schemas.tables import SchemaError, check_classes, conform, from_rows
 
 from .attribution import attribute
 from .errors import ECGError, ModelError, redact
 from .io import read_record
+from .io.labels import label_of
 from .leads import canonical_lead
-from .models.spec import RIBEIRO2020, spec_of
+from .models.spec import RIBEIRO2020, ModelSpec, spec_of
 from .preprocess import preprocess
 
 
@@ -70,9 +71,9 @@ class PreparedRecord:
 
 def prepare(uri: str, *, run_id: str, labels_csv: str | None = None, policy: str = "first",
             stride_s: float | None = None, max_windows: int | None = None,
-            record_key: str | None = None) -> tuple[PreparedRecord | None, dict | None]:
-    """Read and preprocess one record. Returns ``(prepared, None)`` or ``(None, error_row)``.
-    ``record_key``: the record's key within its input (default: ``uri``)."""
+            record_key: str | None = None, spec: ModelSpec = RIBEIRO2020) -> tuple[PreparedRecord | None, dict | None]:
+    """Read and preprocess one record for a model of ``spec``. Returns ``(prepared, None)`` or
+    ``(None, error_row)``. ``record_key``: the record's key within its input (default: ``uri``)."""
     record_id = None
     key = record_key or str(uri)
     try:
@@ -82,7 +83,7 @@ def prepare(uri: str, *, run_id: str, labels_csv: str | None = None, policy: str
     except Exception as exc:  # noqa: BLE001 - every failure becomes an errors row
         return None, error_row(run_id, getattr(exc, "record_id", None) or _id_from_uri(uri), uri, exc, "read", key)
     try:
-        windows = preprocess(rec, policy=policy, stride_s=stride_s, max_windows=max_windows)
+        windows = preprocess(rec, spec=spec, policy=policy, stride_s=stride_s, max_windows=max_windows)
     except Exception as exc:  # noqa: BLE001
         return None, error_row(run_id, record_id, uri, exc, "preprocess", key)
     return PreparedRecord(rec, windows), None
@@ -108,6 +109,21 @@ class ExplainConfig:
     params: dict = field(default_factory=dict)  # per-method keyword arguments: {"integrated_gradients": {"n_steps": 16}}
     keep_relevance: bool = True  # also build the full per-sample `relevance` table
     batch_size: int = 8  # windows per attribution call
+    spec: ModelSpec = RIBEIRO2020  # the model's: geometry, leads and classes of every table
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.spec.classes
+
+    @property
+    def leads(self) -> tuple[str, ...]:
+        """The model's leads as the tables name them (canonical: ``DI``, ``DII``, ..., ``V6``)."""
+        return table_leads(self.spec)
+
+
+def table_leads(spec: ModelSpec) -> tuple[str, ...]:
+    """The leads of ``spec`` in its order, by their canonical names (the ``lead`` values of every table)."""
+    return tuple(canonical_lead(x) for x in spec.leads)
 
 
 def _n_samples(rec) -> int:
@@ -117,11 +133,15 @@ def _n_samples(rec) -> int:
 
 
 def records_table(run_id: str, cfg: ExplainConfig, items: list[tuple[object, object]], probs: np.ndarray) -> pa.Table:
-    """The ``records`` table of ``(record, window)`` pairs with the model's probabilities ``probs (N, C)``.
+    """The ``records`` table of ``(record, window)`` pairs with the model's probabilities ``probs (N, C)``
+    (``C``: the classes of ``cfg.spec``, one ``label_<class>`` and ``prob_<class>`` column each).
     Of a record it reads ``record_key`` (else ``uri``), ``record_id``, ``uri``, ``dataset``, ``format``,
     ``fs``, ``n_samples`` (see :func:`_n_samples`; never the signal itself) and ``labels``; of a window
-    ``window``, ``offset`` and ``flags``.
-    A record without labels (scheme ``"none"``: no ``#Dx`` and no labels CSV row) gets null ``label_*``."""
+    ``window``, ``offset`` and ``flags``. ``label_<class>``: :func:`ecgray.io.labels.label_of` (null
+    when the labels do not say, e.g. a class the readers do not know, or a record without labels)."""
+    classes = cfg.classes
+    if probs.shape[1:] != (len(classes),):
+        raise ValueError(f"probabilities of shape {probs.shape} for {len(classes)} classes {list(classes)}")
     rows = []
     for (rec, w), p in zip(items, probs):
         lab = rec.labels
@@ -134,12 +154,12 @@ def records_table(run_id: str, cfg: ExplainConfig, items: list[tuple[object, obj
             "label_normal": bool(lab.normal) if known else None, "raw_codes": list(lab.raw),
             "label_scheme": lab.scheme,
         }
-        for c in CLASSES:
-            row[f"label_{c}"] = bool(lab.classes.get(c, False)) if known else None
-        for i, c in enumerate(CLASSES):
-            row[f"prob_{c}"] = float(p[i]) if i < len(p) else None
+        for c in classes:
+            row[f"label_{c}"] = label_of(lab, c)
+        for i, c in enumerate(classes):
+            row[f"prob_{c}"] = float(p[i])
         rows.append(row)
-    return from_rows("records", rows)
+    return from_rows("records", rows, classes)
 
 
 def per_lead_tables(run_id: str, cfg: ExplainConfig, items, attr, method: str, classes: Sequence[str]) -> dict[str, pa.Table]:
@@ -160,7 +180,7 @@ def per_lead_tables(run_id: str, cfg: ExplainConfig, items, attr, method: str, c
         "method": pa.array([method] * (n * rep)),
         "target": pa.array(np.tile(np.repeat(list(attr.targets), n_leads), n)),
         "output": pa.array([cfg.output] * (n * rep)),
-        "lead": pa.array(np.tile(LEADS[:n_leads], n * t)),
+        "lead": pa.array(np.tile(_leads(cfg, n_leads), n * t)),
     }
     per_row = lambda a: np.repeat(np.asarray(a, np.float32).reshape(n * t), n_leads)  # noqa: E731
     summary = dict(cols)
@@ -187,33 +207,29 @@ def per_lead_tables(run_id: str, cfg: ExplainConfig, items, attr, method: str, c
     return out
 
 
-def require_table_layout(model) -> None:
-    """Refuse a model whose spec the output tables cannot hold yet (:class:`ModelError`).
+def _leads(cfg: ExplainConfig, n_leads: int) -> tuple[str, ...]:
+    leads = cfg.leads
+    if len(leads) != n_leads:
+        raise ValueError(f"relevance of {n_leads} leads for a model of {len(leads)} leads {list(leads)}")
+    return leads
 
-    The tables (``schemas.tables``, version 3) have one ``prob_<class>`` / ``label_<class>`` column per
-    class of Ribeiro et al. 2020 and the 12 standard leads, and the beats stage works on 400 Hz windows
-    of 4,096 samples; so ``explain``/``run`` take a model -- yours too (``package.module:factory``, an
-    ``ecgray.models`` entry point) -- whose :class:`~ecgray.models.spec.ModelSpec` has those leads (in
-    any spelling, that order), fs, length and classes with a sigmoid output. Other specs are read and
-    preprocessed (:func:`ecgray.preprocess.preprocess`) and attributed (:func:`ecgray.attribution.attribute`)
-    but not yet written as tables.
-    """
+
+def require_table_layout(model) -> ModelSpec:
+    """The model's spec (:func:`~ecgray.models.spec.spec_of`), checked against what the output tables
+    can hold: any geometry, leads and classes, as long as every class can name a ``records`` column
+    (:func:`schemas.tables.check_classes`); :class:`ModelError` otherwise."""
     spec = spec_of(model)
-    ref = RIBEIRO2020
-    diff = []
-    if [canonical_lead(x) for x in spec.leads] != list(ref.leads):
-        diff.append(f"leads {list(spec.leads)} (tables: {list(ref.leads)})")
-    if (spec.fs, spec.n_samples) != (ref.fs, ref.n_samples):
-        diff.append(f"{spec.fs:g} Hz x {spec.n_samples} samples (tables: {ref.fs:g} Hz x {ref.n_samples})")
-    if spec.classes != ref.classes:
-        diff.append(f"classes {list(spec.classes)} (tables: {list(ref.classes)})")
-    if spec.activation != ref.activation:
-        diff.append(f"{spec.activation} output (tables: {ref.activation})")
-    if diff:
-        raise ModelError(f"{getattr(model, 'source', None) or type(model).__name__}: ecgray's output tables "
-                         f"cannot hold this model yet: {'; '.join(diff)}. Its inputs and attributions work "
-                         "through ecgray.preprocess.preprocess(rec, spec=model.spec) and "
-                         "ecgray.attribution.attribute")
+    try:
+        check_classes(spec.classes)
+    except SchemaError as e:
+        raise ModelError(f"{getattr(model, 'source', None) or type(model).__name__}: {e}") from None
+    return spec
+
+
+def config_for(model, cfg: ExplainConfig) -> ExplainConfig:
+    """``cfg`` with the spec of ``model`` (checked by :func:`require_table_layout`)."""
+    spec = require_table_layout(model)
+    return cfg if cfg.spec == spec else replace(cfg, spec=spec)
 
 
 def explain_windows(model, items: list[tuple[object, object]], cfg: ExplainConfig, *, run_id: str) -> dict[str, pa.Table]:
@@ -222,7 +238,7 @@ def explain_windows(model, items: list[tuple[object, object]], cfg: ExplainConfi
     Returns ``records`` (one row per window), ``relevance_summary`` and, when
     ``cfg.keep_relevance``, ``relevance`` — all conforming to ``schemas``.
     """
-    require_table_layout(model)
+    cfg = config_for(model, cfg)
     x = np.stack([w.x for _, w in items]).astype(np.float32, copy=False)
     tables: dict[str, list[pa.Table]] = {"records": [], "relevance_summary": [], "relevance": []}
     probs = None
@@ -231,8 +247,7 @@ def explain_windows(model, items: list[tuple[object, object]], cfg: ExplainConfi
                          batch_size=cfg.batch_size, **cfg.params.get(method, {}))
         if probs is None:
             probs = attr.probabilities
-        classes = tuple(getattr(model, "classes", CLASSES))
-        for name, tbl in per_lead_tables(run_id, cfg, items, attr, method, classes).items():
+        for name, tbl in per_lead_tables(run_id, cfg, items, attr, method, cfg.classes).items():
             tables[name].append(tbl)
     tables["records"].append(records_table(run_id, cfg, items, probs))
     return {k: pa.concat_tables(v) for k, v in tables.items() if v}
@@ -257,7 +272,7 @@ def explain(model, uris: Sequence[str], cfg: ExplainConfig, *, run_id: str | Non
     Every URI ends either in the output tables or as exactly one row of ``errors``. ``record_keys``
     (one per URI, e.g. the catalog's ``record_key``) name the records in the tables; default: the URIs.
     """
-    require_table_layout(model)
+    cfg = config_for(model, cfg)
     run_id = run_id or new_run_id()
     errors: list[dict] = []
     if record_keys is not None and len(record_keys) != len(uris):
@@ -270,7 +285,7 @@ def explain(model, uris: Sequence[str], cfg: ExplainConfig, *, run_id: str | Non
     def windows():
         for uri, key in zip(uris, keys):
             prep, err = prepare(uri, run_id=run_id, labels_csv=labels_csv, policy=policy,
-                                stride_s=stride_s, max_windows=max_windows, record_key=key)
+                                stride_s=stride_s, max_windows=max_windows, record_key=key, spec=cfg.spec)
             if err is not None:
                 errors.append(err)
                 continue
@@ -289,7 +304,7 @@ def explain(model, uris: Sequence[str], cfg: ExplainConfig, *, run_id: str | Non
             parts.setdefault(name, []).append(tbl)
     result = {name: pa.concat_tables(v) for name, v in parts.items()}
     for name in ("records", "relevance_summary") + (("relevance",) if cfg.keep_relevance else ()):
-        result.setdefault(name, from_rows(name, []))
+        result.setdefault(name, from_rows(name, [], cfg.classes if name == "records" else None))
     # A record with several windows that failed in one batch must appear once in errors.
     seen, unique = set(), []
     for e in errors:

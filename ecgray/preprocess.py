@@ -1,4 +1,6 @@
-"""Turn a :class:`~ecgray.io.Record` into model inputs: ``(12, 4096)`` float32 at 400 Hz.
+"""Turn a :class:`~ecgray.io.Record` into model inputs: ``(leads, n_samples)`` float32 at ``fs``, as the
+model's :class:`~ecgray.models.spec.ModelSpec` says (Ribeiro et al. 2020, the default: ``(12, 4096)`` at
+400 Hz; the numbers below are that spec's).
 
 Steps and policies (in this order):
 
@@ -75,8 +77,8 @@ SATURATION_RUN_S = 0.1
 class Prepared:
     """One model input window of one record.
 
-    ``x`` is float32 ``(12, 4096)``, channels first, in model lead order;
-    ``offset`` is the start of the window in the 400 Hz resampled signal
+    ``x`` is float32 ``spec.input_shape`` (``(12, 4096)`` for Ribeiro et al.), channels first, in model lead
+    order; ``offset`` is the start of the window in the signal resampled to ``spec.fs``
     (negative: ``-left_pad`` zero samples were added on the left).
     """
 

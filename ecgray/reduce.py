@@ -40,7 +40,7 @@ Definitions
   compare labelled-with-the-class with normal for labelled data. The group does
   not depend on the method. A ``relevance_summary`` row without a ``records`` row
   is ``"other"``.
-* *record relevance* (``relevance_sum``): the sum over the 12 leads of
+* *record relevance* (``relevance_sum``): the sum over the model's leads of
   ``relevance_summary.sum``, i.e. the record's total relevance for the target
   (for a complete method: output minus baseline output, up to ``delta``).
   Per lead the same quantity restricted to the lead (``relevance_summary.sum``).
@@ -85,8 +85,9 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from ecgray.io.fs import fs_path, is_s3, join, open_fs, pyarrow_fs, storage_options
+from ecgray.leads import STANDARD_LEADS
 from ecgray.store import committed_table_files
-from schemas.tables import CLASSES, LEADS, READABLE_VERSIONS, conform, empty
+from schemas.tables import READABLE_VERSIONS, conform, empty, record_classes
 
 WAVES: dict[str, tuple[float, float]] = {"P": (-250.0, -100.0), "QRS": (-50.0, 60.0), "T": (120.0, 400.0)}
 #: groups of labelled records, then of unlabelled ones (null ``label_<target>``; split by the predicted class)
@@ -197,10 +198,14 @@ def _moments_np(x: np.ndarray, valid: np.ndarray, starts: np.ndarray):
 
 
 # --------------------------------------------------------------------------------- per shard
-def record_groups(records: pl.DataFrame | pl.LazyFrame, targets: Iterable[str] = CLASSES, *, threshold: float = 0.5):
+def record_groups(records: pl.DataFrame | pl.LazyFrame, targets: Iterable[str] | None = None, *,
+                  threshold: float = 0.5):
     """Long records: record_key, window, target, label, label_normal, rec_probability, group (the module
-    docstring's definition; unlabelled records are split at ``threshold`` by ``rec_probability``)."""
-    cols = set(records.collect_schema().names())
+    docstring's definition; unlabelled records are split at ``threshold`` by ``rec_probability``).
+    ``targets``: default the model's classes, the ``prob_<class>`` columns of ``records``."""
+    names = records.collect_schema().names()
+    cols = set(names)
+    targets = record_classes(names) if targets is None else tuple(targets)
     # label_scheme "none" (no labels at all) is unlabelled even where an older output stored False
     none = (pl.col("label_scheme") == "none").fill_null(False) if "label_scheme" in cols else pl.lit(False)
 
@@ -216,6 +221,11 @@ def record_groups(records: pl.DataFrame | pl.LazyFrame, targets: Iterable[str] =
             (pl.col(f"prob_{c}").cast(pl.Float64) if f"prob_{c}" in cols else pl.lit(None, pl.Float64))
             .alias("rec_probability"),
         ))
+    if not parts:  # a records table without class columns (no rows written)
+        parts.append(records.select(pl.col("record_key"), pl.col("window"), pl.lit(None, pl.String).alias("target"),
+                                    pl.lit(None, pl.Boolean).alias("label"),
+                                    pl.lit(None, pl.Boolean).alias("label_normal"),
+                                    pl.lit(None, pl.Float64).alias("rec_probability")).head(0))
     long = pl.concat(parts, how="vertical")
     return long.with_columns(
         pl.when(pl.col("label").is_null())
@@ -461,7 +471,9 @@ def class_probability(bins: dict[tuple, list], *, n_bins: int = 10, n_boot: int 
 
 
 def _lead_order() -> pl.Expr:
-    return pl.col("lead").replace_strict({l: i for i, l in enumerate(LEADS)}, default=len(LEADS), return_dtype=pl.Int32)
+    """Leads in the standard order (DI .. V6; the tables' lead names are canonical for every model)."""
+    return pl.col("lead").replace_strict({l: i for i, l in enumerate(STANDARD_LEADS)}, default=len(STANDARD_LEADS),
+                                         return_dtype=pl.Int32)
 
 
 def lead_relevance(partials: list[pl.DataFrame]) -> pl.DataFrame:
@@ -689,14 +701,16 @@ def duckdb_lead_relevance_sql(output: str, *, threshold: float = 0.5) -> str:
     if not summ:
         raise FileNotFoundError(f"{output}: no committed relevance_summary shards")
     src_s = f"read_parquet({_sql_list(summ)}, hive_partitioning=true)"
-    if recs:
-        src_r = f"read_parquet({_sql_list(recs)}, hive_partitioning=true)"
+    classes = record_classes(pl.scan_parquet(recs[0], storage_options=storage_options(output))
+                             .collect_schema().names()) if recs else ()
+    if classes:
+        src_r = f"read_parquet({_sql_list(recs)}, hive_partitioning=true, union_by_name=true)"
         rec = "\n    UNION ALL ".join(
             f"SELECT record_key, \"window\", '{c}' AS target, CASE WHEN label_scheme = 'none' THEN NULL "
             f"ELSE \"label_{c}\" END AS label, CASE WHEN label_scheme = 'none' THEN NULL ELSE label_normal END "
             "AS label_normal, "
             f"CAST(\"prob_{c}\" AS DOUBLE) AS prob, true AS present FROM {src_r}"
-            for c in CLASSES)
+            for c in classes)
     else:
         rec = "SELECT NULL::VARCHAR AS record_key, NULL::INTEGER AS \"window\", NULL::VARCHAR AS target, " \
               "NULL::BOOLEAN AS label, NULL::BOOLEAN AS label_normal, NULL::DOUBLE AS prob, " \

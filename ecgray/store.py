@@ -87,6 +87,19 @@ def record_fingerprint(row: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def output_spec(output: str):
+    """The :class:`~ecgray.models.spec.ModelSpec` of the model a pipeline output explains (its manifest's
+    ``model_spec``); outputs written before the manifest held it (schema v3) explain the Ribeiro et al.
+    2020 layout, :data:`~ecgray.models.spec.RIBEIRO2020`; None without a manifest."""
+    from ecgray.models.spec import RIBEIRO2020, ModelSpec
+
+    manifest = Store(output).manifest()
+    if manifest is None:
+        return None
+    spec = manifest.get("model_spec")
+    return ModelSpec.from_dict(spec) if spec else RIBEIRO2020
+
+
 class Store:
     """Paths and file operations on one output root (fsspec filesystem: local or S3)."""
 
@@ -282,7 +295,7 @@ def read_table(output: str, name: str, *, columns: list[str] | None = None) -> p
     Shards without a commit marker (a run that crashed or is still running)
     are ignored. Returns an empty table of the schema when nothing is committed.
     """
-    from schemas.tables import schema
+    from schemas.tables import record_classes, schema
 
     store = Store(output)
     parts = []
@@ -292,10 +305,14 @@ def read_table(output: str, name: str, *, columns: list[str] | None = None) -> p
             continue
         with store.fs.open(posixpath.join(store.path, rel), "rb") as f:
             parts.append(pq.read_table(f, columns=columns))
+    classes = None
+    if name == "records":  # the model's classes: the run's spec, else those of the files' columns
+        spec = output_spec(output)
+        classes = spec.classes if spec is not None else (record_classes(parts[0].column_names) if parts else ())
     if not parts:
-        tbl = empty(name)
+        tbl = empty(name, classes)
         return tbl.select(columns) if columns else tbl
     tbl = pa.concat_tables(parts)
     if columns is None:
-        tbl = tbl.cast(schema(name))
+        tbl = tbl.cast(schema(name, classes))
     return tbl

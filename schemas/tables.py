@@ -6,18 +6,30 @@ the reducer refer to these names. Only plain scalar and list columns are used,
 so Polars and DuckDB read every file directly.
 
 Bump :data:`SCHEMA_VERSION` whenever a column is added, removed or retyped.
+
+Classes and leads follow the model (``ecgray.models.spec.ModelSpec``): ``records`` has one
+``label_<class>`` and one ``prob_<class>`` column per class of the model, in the model's order
+(:func:`records_schema`; the class list is also in the file's metadata, ``ecgray.classes``, and in
+the run's ``_manifest.json``, ``model_spec``); ``lead`` columns hold canonical lead names
+(``ecgray.leads.canonical_lead``: ``DI``, ``DII``, ..., ``V6``) whatever the model calls them.
 """
 from __future__ import annotations
 
+import json
+import re
+
 import pyarrow as pa
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: versions :mod:`ecgray.reduce` can read (v3: ``record_key`` in every table, compact ``beats`` +
-#: ``beats_relevance``; v2 outputs must be recomputed: they cannot tell records that share a name apart)
-READABLE_VERSIONS = (3,)
+#: ``beats_relevance``; v4: the class columns of ``records`` and the leads follow the model's spec --
+#: a v3 output is the v4 layout of the Ribeiro et al. 2020 classes; v2 outputs must be recomputed:
+#: they cannot tell records that share a name apart)
+READABLE_VERSIONS = (3, 4)
 
-CLASSES = ("1dAVb", "RBBB", "LBBB", "SB", "AF", "ST")
-LEADS = ("DI", "DII", "DIII", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6")
+#: columns of ``records`` a class column must not collide with (case-insensitively: DuckDB folds case)
+_RECORD_LABEL_COLUMNS = ("label_normal", "label_scheme")
+_CLASS_COLUMN = re.compile(r"^(label|prob)_(.+)$")
 
 _provenance = [
     pa.field("run_id", pa.string(), nullable=False),
@@ -51,15 +63,14 @@ TABLES: dict[str, pa.Schema] = {
             pa.field("window_offset", pa.int64(), nullable=False),
             pa.field("flags", pa.list_(pa.string())),
         ]
-        # label_* / label_normal: null when the record has no labels at all (label_scheme "none": no #Dx
-        # and no labels CSV row, e.g. MIMIC-IV-ECG), never False for "unknown"
-        + [pa.field(f"label_{c}", pa.bool_()) for c in CLASSES]
+        # label_normal: null when the record has no labels at all (label_scheme "none": no #Dx and no
+        # labels CSV row, e.g. MIMIC-IV-ECG), never False for "unknown". The class columns follow
+        # (records_schema): label_<class> (bool; null when unknown) ... then prob_<class> (float32) ...
         + [
             pa.field("label_normal", pa.bool_()),
             pa.field("raw_codes", pa.list_(pa.string())),
             pa.field("label_scheme", pa.string()),
         ]
-        + [pa.field(f"prob_{c}", pa.float32()) for c in CLASSES]
     ),
     # One row per record window x method x target x lead: summary statistics of the relevance.
     "relevance_summary": pa.schema(
@@ -242,23 +253,63 @@ class SchemaError(ValueError):
     """A table does not match its declared schema."""
 
 
-def schema(name: str) -> pa.Schema:
-    """The Arrow schema of table ``name`` with its name and version as metadata."""
+def check_classes(classes) -> tuple[str, ...]:
+    """The class names as a tuple; :class:`SchemaError` when they cannot name ``records`` columns:
+    empty or repeated names, or ``label_<class>`` equal to ``label_normal`` / ``label_scheme`` or to
+    another class's column ignoring case (DuckDB matches column names case-insensitively)."""
+    classes = tuple(str(c) for c in classes)
+    seen: dict[str, str] = {c.lower(): c for c in _RECORD_LABEL_COLUMNS}
+    for c in classes:
+        if not c:
+            raise SchemaError("a class name is empty")
+        col = f"label_{c}".lower()
+        if col in seen:
+            other = seen[col]
+            raise SchemaError(f"class {c!r}: its column label_{c} collides with {other!r} (case-insensitively); "
+                              "rename the class in the model's spec")
+        seen[col] = f"label_{c}"
+    return classes
+
+
+def records_schema(classes) -> pa.Schema:
+    """The ``records`` schema of a model with ``classes``: the fixed columns, ``label_<class>`` per class,
+    then ``prob_<class>`` per class (model order)."""
+    classes = check_classes(classes)
+    return pa.schema(list(TABLES["records"]) + [pa.field(f"label_{c}", pa.bool_()) for c in classes]
+                     + [pa.field(f"prob_{c}", pa.float32()) for c in classes])
+
+
+def record_classes(names) -> tuple[str, ...]:
+    """The classes of a ``records`` table from its column names (the ``prob_<class>`` columns, in order)."""
+    return tuple(m.group(2) for n in names if (m := _CLASS_COLUMN.match(n)) and m.group(1) == "prob")
+
+
+def schema(name: str, classes=None) -> pa.Schema:
+    """The Arrow schema of table ``name`` with its name and version as metadata; ``records`` with the
+    columns of ``classes`` (and ``ecgray.classes``, their JSON list, as metadata)."""
     try:
         s = TABLES[name]
     except KeyError:
         raise SchemaError(f"unknown table {name!r}; known: {', '.join(TABLES)}") from None
-    return s.with_metadata({b"ecgray.table": name.encode(), b"ecgray.schema_version": str(SCHEMA_VERSION).encode()})
+    meta = {b"ecgray.table": name.encode(), b"ecgray.schema_version": str(SCHEMA_VERSION).encode()}
+    if name == "records":
+        classes = check_classes(classes or ())
+        s = records_schema(classes)
+        meta[b"ecgray.classes"] = json.dumps(list(classes)).encode()
+    return s.with_metadata(meta)
 
 
-def empty(name: str) -> pa.Table:
-    """A table with no rows and the schema of ``name``."""
-    return schema(name).empty_table()
+def empty(name: str, classes=None) -> pa.Table:
+    """A table with no rows and the schema of ``name`` (``records``: of ``classes``)."""
+    return schema(name, classes).empty_table()
 
 
-def from_rows(name: str, rows: list[dict]) -> pa.Table:
-    """Build table ``name`` from a list of row dicts (missing nullable columns are null)."""
-    s = schema(name)
+def from_rows(name: str, rows: list[dict], classes=None) -> pa.Table:
+    """Build table ``name`` from a list of row dicts (missing nullable columns are null); ``records`` rows
+    for ``classes`` (default: the ``prob_<class>`` keys of the first row)."""
+    if name == "records" and classes is None:
+        classes = record_classes(rows[0]) if rows else ()
+    s = schema(name, classes)
     if not rows:
         return s.empty_table()
     extra = set().union(*(r.keys() for r in rows)) - set(s.names)
@@ -267,13 +318,16 @@ def from_rows(name: str, rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=s)
 
 
-def conform(table: pa.Table, name: str) -> pa.Table:
-    """Check ``table`` against the schema of ``name``; reorder columns and cast safely.
+def conform(table: pa.Table, name: str, classes=None) -> pa.Table:
+    """Check ``table`` against the schema of ``name``; reorder columns and cast safely. ``records``:
+    against the columns of ``classes`` (default: those of its ``prob_<class>`` columns).
 
     Raises :class:`SchemaError` on missing or extra columns, on nulls in
     non-nullable columns, and on casts that would lose information.
     """
-    s = schema(name)
+    if name == "records" and classes is None:
+        classes = record_classes(table.column_names)
+    s = schema(name, classes)
     missing = [n for n in s.names if n not in table.column_names]
     extra = [n for n in table.column_names if n not in s.names]
     if missing or extra:

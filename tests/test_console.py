@@ -102,16 +102,16 @@ def test_plan_names_compute_strategies_and_memory_not_concurrency():
     CPU task stage requests memory (Ray Data's high-memory detector otherwise advises `memory=` requests)."""
     import ray.data
 
+    from ecgray.explain import ExplainConfig
+    from ecgray.pipeline.config import RunConfig
     from ecgray.pipeline.run import _plan
 
     calls = []
     fake = SimpleNamespace(data=SimpleNamespace(from_items=lambda items, **kw: _FakeDataset(calls),
                                                 TaskPoolStrategy=ray.data.TaskPoolStrategy,
                                                 ActorPoolStrategy=ray.data.ActorPoolStrategy))
-    _plan(fake, [], input_labels=None, output="o", run_id="r", model="demo", weights=None, methods=["saliency"],
-          targets=None, output_kind="logit", params={}, policy="first", batch_size=8, precision="fp32", faults=None,
-          cfg=None, with_beats=True, gpu=False, n_actors=1, torch_threads=1, cpu_tasks=3, retry={},
-          cpu_memory=123 << 20)
+    _plan(fake, [], RunConfig(model="demo"), ExplainConfig(model_name="demo", model_id="demo"), output="o",
+          run_id="r", gpu=False, n_actors=1, torch_threads=1, cpu_tasks=3, retry={}, cpu_memory=123 << 20)
     assert [c[0] for c in calls] == ["read_preprocess", "AttributeActor", "beats_and_tables", "write_shard"]
     for name, kw in calls:
         assert "concurrency" not in kw, name
@@ -123,16 +123,17 @@ def test_plan_names_compute_strategies_and_memory_not_concurrency():
 
 
 def test_cpu_stage_memory_from_the_shard_and_capped_by_the_node():
+    from ecgray.models.spec import RIBEIRO2020
     from ecgray.pipeline.run import CPU_STAGE_BASE_MB, _cpu_stage_memory
 
     todo = [{"items": [0] * 16}, {"items": [0] * 4}]
     big = SimpleNamespace(nodes=lambda: [{"Alive": True, "Resources": {"memory": 64 << 30}}])
-    got = _cpu_stage_memory(big, todo, methods=["a", "b"], targets=None, policy="first")
+    got = _cpu_stage_memory(big, todo, methods=["a", "b"], targets=None, policy="first", spec=RIBEIRO2020)
     assert got == (CPU_STAGE_BASE_MB << 20) + 4 * 16 * 12 * 4096 * 4 * (1 + 2 * 6)
     small = SimpleNamespace(nodes=lambda: [{"Alive": True, "Resources": {"memory": 2 << 30}}])
-    assert _cpu_stage_memory(small, todo, methods=["a"], targets=["AF"], policy="first") == (2 << 30) // 4
+    assert _cpu_stage_memory(small, todo, methods=["a"], targets=["AF"], policy="first", spec=RIBEIRO2020) == (2 << 30) // 4
     assert _cpu_stage_memory(SimpleNamespace(nodes=lambda: []), todo, methods=["a"], targets=None,
-                             policy="first") is None
+                             policy="first", spec=RIBEIRO2020) is None
 
 
 # --------------------------------------------------------------------------- summary and check tables
@@ -282,3 +283,24 @@ def test_sigint_says_how_far_it_got_exits_130_and_resume_finishes(records, tmp_p
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert f"shards written / skipped / total: {4 - n_done} / {n_done} / 4" in done.stdout
     assert "records explained / errors: 8 / 0" in done.stdout and "record windows explained: 8" in done.stdout
+
+
+def test_run_config_is_one_checked_frozen_object():
+    """``run``'s options are one frozen RunConfig: aliases resolved, params per method, bad values and unknown
+    options refused before anything runs."""
+    import dataclasses
+
+    from ecgray.pipeline import RunConfig
+
+    c = RunConfig.from_kwargs(model="demo", methods=["ig", "saliency", "ig"], params={"integrated_gradients": {"n_steps": 4}},
+                              targets=["AF"], autocast=True)
+    assert c.methods == ("integrated_gradients", "saliency") and c.targets == ("AF",) and c.precision == "bf16"
+    assert c.params == {"integrated_gradients": {"n_steps": 4}, "saliency": {}}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.shard_size = 3
+    assert c.with_(shard_size=3).shard_size == 3 and c.shard_size == 32
+    with pytest.raises(TypeError, match=r"unknown run option\(s\) \['shards'\]"):
+        RunConfig.from_kwargs(model="demo", shards=3)
+    for bad in ({"shard_size": 0}, {"output_kind": "grad"}, {"precision": "fp8"}, {"methods": ["nope"]}):
+        with pytest.raises(ValueError):
+            RunConfig(model="demo", **bad)

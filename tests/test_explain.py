@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from ecgray.explain import ExplainConfig, explain
-from schemas.tables import LEADS, schema
+from ecgray.leads import STANDARD_LEADS as LEADS
+from schemas.tables import schema
 
 
 @pytest.fixture(scope="module")

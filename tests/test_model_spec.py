@@ -66,12 +66,18 @@ SOURCE = textwrap.dedent('''
 
 
     EIGHT = ModelSpec(fs=500, n_samples=5000, leads=("I", "II", "V1", "V2", "V3", "V4", "V5", "V6"),
-                      classes=("normal", "AF", "other"), activation="softmax")
+                      classes=("NORM", "AF", "other"), activation="softmax")
 
 
     def build_8lead():
         m = TinyNet(8, 3)
         m.spec = EIGHT
+        return m
+
+
+    def build_clash():  # a class whose column label_normal is taken by the records table
+        m = TinyNet(8, 3)
+        m.spec = ModelSpec(**{**EIGHT.to_dict(), "classes": ["Normal", "AF", "other"]})
         return m
 ''')
 
@@ -210,15 +216,15 @@ def test_preprocess_follows_the_spec(byo):
 
 
 def test_explain_refuses_what_the_tables_cannot_hold(byo, cpsc_dir):
+    """Any geometry, leads and classes fit the tables; a class whose ``label_<class>`` column would collide
+    (ignoring case, as DuckDB does) with ``label_normal`` is refused, naming the class."""
     from ecgray.explain import ExplainConfig, explain
 
-    m = load_model(f"{MODULE}:build_8lead")
+    m = load_model(f"{MODULE}:build_clash")
     cfg = ExplainConfig(model_name="x", model_id="x", methods=["saliency"])
     with pytest.raises(ModelError) as e:
         explain(m, [str(cpsc_dir / "A0001")], cfg)
-    msg = str(e.value)
-    assert "cannot hold this model yet" in msg and "500 Hz x 5000 samples" in msg and "softmax" in msg
-    assert "classes ['normal', 'AF', 'other']" in msg
+    assert "class 'Normal': its column label_Normal collides with 'label_normal'" in str(e.value)
 
 
 def test_own_architecture_through_explain_and_cli(byo, cpsc_dir, tmp_path):
@@ -247,8 +253,19 @@ def test_own_architecture_through_explain_and_cli(byo, cpsc_dir, tmp_path):
     assert res.exit_code == 0, res.output
     assert pl.read_parquet(tmp_path / "s.parquet").height == 12
     res = CliRunner().invoke(app, ["explain", str(cpsc_dir / "A0001"), "--model", f"{MODULE}:build_8lead",
+                                   "--method", "saliency", "--summary-only", "-o", str(tmp_path / "x.parquet")])
+    assert res.exit_code == 0, res.output
+    s8 = pl.read_parquet(tmp_path / "x.parquet")  # 8 leads x 3 classes, canonical lead names
+    assert s8.height == 24 and s8["lead"].unique(maintain_order=True).to_list() == \
+        ["DI", "DII", "V1", "V2", "V3", "V4", "V5", "V6"] and set(s8["target"]) == {"NORM", "AF", "other"}
+    r8 = pl.read_parquet(tmp_path / "x.records.parquet")  # A0001 is labelled RBBB: NORM False, AF False, other null
+    assert [c for c in r8.columns if c.startswith(("prob_", "label_"))] == \
+        ["label_normal", "label_scheme", "label_NORM", "label_AF", "label_other", "prob_NORM", "prob_AF", "prob_other"]
+    assert r8.row(0, named=True)["label_NORM"] is False and r8.row(0, named=True)["label_other"] is None
+    assert r8.select(pl.sum_horizontal("prob_NORM", "prob_AF", "prob_other")).item() == pytest.approx(1, abs=1e-6)
+    res = CliRunner().invoke(app, ["explain", str(cpsc_dir / "A0001"), "--model", f"{MODULE}:build_clash",
                                    "--method", "saliency", "-o", str(tmp_path / "x.parquet")])
-    assert res.exit_code != 0 and "cannot hold this model yet" in res.output
+    assert res.exit_code != 0 and "collides with 'label_normal'" in res.output
 
 
 def test_entry_point_model_through_a_ray_run(byo, cpsc_dir, tmp_path):

@@ -330,7 +330,7 @@ def test_beats_layout_with_stand_in(cpsc_dir):
     net = small_model()
     calls = []
 
-    def fake_average_beats(x, relevance, fs=400, *, lead="DII", window_ms=(-300, 500), valid=None):
+    def fake_average_beats(x, relevance, fs=400, *, lead="DII", leads=None, window_ms=(-300, 500), valid=None):
         calls.append((x.shape, relevance.shape, fs, lead, window_ms, valid))
         k = 320
         offs = ((-120 + np.arange(k)) * 2.5).astype(np.float32)
@@ -347,7 +347,7 @@ def test_beats_layout_with_stand_in(cpsc_dir):
         for w in prep.windows:
             recs.append(meta)
             wins.append(SimpleNamespace(record_key=meta.record_key, record_id=w.record_id, window=w.window,
-                                        offset=w.offset, n_resampled=stages._n_resampled(meta.n_samples, meta.fs)))
+                                        offset=w.offset, n_resampled=stages._n_resampled(meta.n_samples, meta.fs, 400)))
             xs.append(w.x)
     x = np.stack(xs)
     attrs = {m: attribute(net, x, targets=["AF", "LBBB"], method=m) for m in ("saliency", "input_x_gradient")}

@@ -43,3 +43,25 @@ def test_conform_reorders_and_casts_safely():
     t = pa.table({k: [v] for k, v in reversed(list(row.items()))})
     out = conform(t, "errors")
     assert out.column_names == schema("errors").names
+
+
+def test_records_columns_follow_the_model_classes():
+    """``records`` has label_<class> / prob_<class> per class of the model, in its order, and names them in the
+    file metadata; conform reads the classes off the columns."""
+    import json
+
+    from schemas.tables import check_classes, record_classes
+
+    s = schema("records", ("NORM", "AF", "LBBB"))
+    cls_cols = [n for n in s.names if n.startswith(("label_", "prob_")) and n not in ("label_normal", "label_scheme")]
+    assert cls_cols == ["label_NORM", "label_AF", "label_LBBB", "prob_NORM", "prob_AF", "prob_LBBB"]
+    assert json.loads(s.metadata[b"ecgray.classes"]) == ["NORM", "AF", "LBBB"]
+    assert s.field("prob_AF").type == pa.float32() and s.field("label_AF").type == pa.bool_()
+    t = empty("records", ("NORM", "AF", "LBBB"))
+    assert record_classes(t.column_names) == ("NORM", "AF", "LBBB")
+    assert conform(t, "records").schema.metadata[b"ecgray.classes"] == b'["NORM", "AF", "LBBB"]'
+    with pytest.raises(SchemaError, match="unexpected columns"):
+        conform(t, "records", ("NORM", "AF"))
+    for bad in (("Normal",), ("SCHEME",), ("AF", "af"), ("",)):
+        with pytest.raises(SchemaError):
+            check_classes(bad)

@@ -26,6 +26,11 @@ Schemes and mapping policy
   CODE-15% ``exams.csv``), 0/1 or True/False.
 * ``none`` - no labels: all classes False, ``normal`` False.
 
+Another model's classes (its ``ModelSpec``) get their labels from these through
+:func:`label_of`: a class named as one of :data:`CLASSES` or by its CPSC/PTB-XL code
+(``I-AVB``, ``CLBBB``, ``AFIB``, ...), ``NORM``/``normal`` (the ``normal`` flag);
+any other name is unknown (null in the tables), never False.
+
 ``normal`` (healthy control) is strict: the record carries the scheme's
 normal code and *no other code* except ones compatible with a normal ECG.
 cpsc: ``Normal`` only; snomed: sinus rhythm 426783006 only (sinus rhythm plus
@@ -96,6 +101,27 @@ class Labels:
     def positives(self) -> tuple[str, ...]:
         """The classes that are True, in :data:`CLASSES` order."""
         return tuple(c for c in CLASSES if self.classes.get(c, False))
+
+
+#: model class names that mean the record's ``normal`` label (healthy control), case-insensitively
+NORMAL_CLASS_NAMES = ("normal", "norm", "normal_ecg")
+
+
+def label_of(labels, name: str) -> bool | None:
+    """The label of a model's class ``name`` for a record's labels: a class the readers know
+    (:data:`CLASSES`, or its CPSC / PTB-XL code such as ``I-AVB``, ``CLBBB``, ``AFIB``) from
+    ``labels.classes``; ``NORM`` / ``normal`` (:data:`NORMAL_CLASS_NAMES`) from ``labels.normal``;
+    None (unknown) for any other name, and for every name when the record has no labels (scheme
+    ``none``). ``labels``: :class:`Labels` or anything with ``classes``, ``normal`` and ``scheme``."""
+    if labels.scheme == "none":
+        return None
+    key = str(name).strip()
+    if key.lower() in NORMAL_CLASS_NAMES:
+        return bool(labels.normal)
+    cls = key if key in CLASSES else CPSC_TO_CLASS.get(key.upper()) or PTBXL_TO_CLASS.get(key.upper())
+    if cls is None:
+        return None
+    return bool(labels.classes.get(cls, False))
 
 
 def canonical(code: str) -> str:

@@ -18,8 +18,10 @@
 * a run holds ``<output>/_lock.json``: a second run into the same output is
   refused while the first lives; a dead run's lock is taken over.
 """
-from .run import RunSummary, plan_shards, print_summary, run
 from ecgray.store import PipelineError, Store, committed_shards, read_table
 
-__all__ = ["run", "RunSummary", "print_summary", "plan_shards", "read_table", "committed_shards", "PipelineError",
-           "Store"]
+from .config import RunConfig
+from .run import RunSummary, plan_shards, print_summary, run
+
+__all__ = ["run", "RunConfig", "RunSummary", "print_summary", "plan_shards", "read_table", "committed_shards",
+           "PipelineError", "Store"]

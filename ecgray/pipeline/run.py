@@ -9,14 +9,17 @@ import re
 import warnings
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
 
+from ecgray.explain import new_run_id, require_table_layout
 from ecgray.io import catalog, is_s3
 from ecgray.io.catalog import skipped_files
+from ecgray.models import load_model, model_id
+from ecgray.models.spec import ModelSpec
+from ecgray.store import KNOWN_ENTRIES, LOCK, PipelineError, Store, record_fingerprint, shard_hash, shard_name
+from schemas.tables import SCHEMA_VERSION
 
 from . import stages
-from ecgray.store import KNOWN_ENTRIES, LOCK, PipelineError, Store, record_fingerprint, shard_hash, shard_name
-
+from .config import RunConfig
 from .lock import OutputLock
 
 log = logging.getLogger("ecgray.pipeline")
@@ -25,8 +28,8 @@ log = logging.getLogger("ecgray.pipeline")
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 # Fields of the manifest that must match for --resume to continue a previous run.
-RESUME_KEYS = ("model", "model_id", "methods", "targets", "output_kind", "params", "shard_size", "policy",
-               "keep_relevance", "beats", "schema_version", "precision")
+RESUME_KEYS = ("model", "model_id", "model_spec", "methods", "targets", "output_kind", "params", "shard_size",
+               "policy", "keep_relevance", "beats", "schema_version", "precision")
 #: manifest values of outputs written before a key existed
 RESUME_DEFAULTS = {"precision": "fp32"}
 
@@ -323,15 +326,16 @@ def _hold(lock: OutputLock) -> OutputLock:
 
 
 @_releases_locks
-def run(input: str, output: str, *, model: str, weights: str | None = None, methods: Sequence[str] = ("saliency",),
-        targets: Sequence[str] | None = None, output_kind: str = "logit", params: dict | None = None,
-        shard_size: int = 32, policy: str = "first", labels_csv: str | None = None, keep_relevance: bool = False,
-        resume: bool = False, overwrite: bool = False, num_attr_actors: int | None = None,
-        use_gpu: bool | None = None, precision: str = "fp32", autocast: bool | None = None, batch_size: int = 8,
-        run_id: str | None = None,
-        beats: bool = True, progress: bool | None = None, faults: dict | None = None,
-        verbose: bool = False, torch_threads: int | None = None) -> RunSummary:
+def run(input: str, output: str, config: RunConfig | None = None, *, resume: bool = False, overwrite: bool = False,
+        run_id: str | None = None, progress: bool | None = None, verbose: bool = False, faults: dict | None = None,
+        **options) -> RunSummary:
     """Explain every record under ``input`` and write the tables under ``output``.
+
+    What to compute and how: a :class:`~ecgray.pipeline.config.RunConfig` (``config``), or its fields
+    as keywords (``model=``, ``weights=``, ``methods=``, ``targets=``, ``output_kind=``, ``params=``,
+    ``shard_size=``, ``policy=``, ``labels_csv=``, ``keep_relevance=``, ``beats=``, ``precision=``,
+    ``batch_size=``, ``num_attr_actors=``, ``use_gpu=``, ``torch_threads=``). ``faults``: a test hook
+    (:func:`ecgray.pipeline.stages.maybe_fail`), never set in production.
 
     ``methods`` are canonical names or aliases; ``params`` is per method
     (``{"integrated_gradients": {"n_steps": 16}}``). See the package docstring
@@ -353,62 +357,49 @@ def run(input: str, output: str, *, model: str, weights: str | None = None, meth
     commit markers name the run that wrote their shard; the manifest names the latest run and lists
     all in ``runs``.
     """
-    from ecgray.attribution import resolve_method
-    from ecgray.explain import new_run_id, require_table_layout
-    from ecgray.models import load_model, model_id
-    from schemas.tables import SCHEMA_VERSION
-
     t_start = time.perf_counter()
-    if shard_size < 1:
-        raise ValueError("shard_size must be >= 1")
-    if output_kind not in ("logit", "probability"):
-        raise ValueError("output_kind must be 'logit' or 'probability'")
-    from ecgray.attribution.core import PRECISIONS
-
-    if autocast:  # the older spelling of precision="bf16"
-        precision = "bf16"
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if config is None:
+        config = RunConfig.from_kwargs(**options)
+    elif options:
+        config = config.with_(**options)
+    cfg = config
     run_id = run_id or new_run_id()
     if not RUN_ID.fullmatch(str(run_id)):
         raise PipelineError(f"invalid run id {run_id!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a "
                             "letter or digit (it names a folder under the output)")
-    methods = [resolve_method(m).name for m in methods]
-    params = {m: dict((params or {}).get(m, {})) for m in methods}
-    net = load_model(model, weights=weights)  # validates the model and targets on the driver
-    require_table_layout(net)
+    net = load_model(cfg.model, weights=cfg.weights)  # validates the model and targets on the driver
+    spec = require_table_layout(net)
     mid = model_id(net)
-    classes = tuple(net.classes)
+    classes = spec.classes
     del net
-    targets = list(targets) if targets else None
-    for t in targets or []:
+    for t in cfg.targets or []:
         if t not in classes:
             raise PipelineError(f"unknown target {t!r}; the model's classes are {', '.join(classes)}")
-    with_beats = bool(beats)  # ecgray.beats always imports: no beats only when asked (beats=False)
 
-    cat = catalog(input, labels_csv=labels_csv)
+    cat = catalog(input, labels_csv=cfg.labels_csv)
     rows = cat.to_pylist()
     skipped = skipped_files(cat)
     if skipped:
         log.info("catalog: skipped %d file(s) that are hidden or not records (listed in _manifest.json): %s%s",
                  len(skipped), ", ".join(x["path"] for x in skipped[:10]), ", ..." if len(skipped) > 10 else "")
     manifest = {
-        "input": str(input), "model": str(model), "weights": None if weights is None else str(weights),
-        "model_id": mid, "methods": methods, "targets": targets, "output_kind": output_kind, "params": params,
-        "shard_size": shard_size, "policy": policy, "keep_relevance": bool(keep_relevance), "beats": with_beats,
-        "schema_version": SCHEMA_VERSION, "precision": precision, "n_records": cat.num_rows, "run_id": run_id,
+        "input": str(input), "model": str(cfg.model), "weights": None if cfg.weights is None else str(cfg.weights),
+        "model_id": mid, "model_spec": spec.to_dict(), "methods": list(cfg.methods),
+        "targets": list(cfg.targets) if cfg.targets else None, "output_kind": cfg.output_kind, "params": cfg.params,
+        "shard_size": cfg.shard_size, "policy": cfg.policy, "keep_relevance": cfg.keep_relevance, "beats": cfg.beats,
+        "schema_version": SCHEMA_VERSION, "precision": cfg.precision, "n_records": cat.num_rows, "run_id": run_id,
         "skipped": skipped,
     }
     store = Store(output)
     lock = _hold(OutputLock(store, run_id).acquire())  # refuses while a live run holds the output
     old, commits = _check_output(store, manifest, resume=resume, overwrite=overwrite)
     if old is None:
-        shards = plan_shards(rows, input, shard_size)
+        shards = plan_shards(rows, input, cfg.shard_size)
         fps = {r["record_key"]: record_fingerprint(r) for r in rows}
         plan = {s["shard"]: _plan_entry(s, fps, run_id) for s in shards}
         report, next_shard = {}, len(shards)
     else:
-        shards, plan, report = _plan_resume(store.root, rows, input, shard_size, old, commits, run_id)
+        shards, plan, report = _plan_resume(store.root, rows, input, cfg.shard_size, old, commits, run_id)
         next_shard = report["next_shard"]
     todo = [s for s in shards if s["shard"] not in commits]
     runs = list(old.get("runs") or [{"run_id": old.get("run_id")}]) if old else []
@@ -426,7 +417,7 @@ def run(input: str, output: str, *, model: str, weights: str | None = None, meth
                  len(report["unfinished_shards"]), report["new_records"], len(report["new_shards"]),
                  f" ({report['new_shards'][0]}..{report['new_shards'][-1]})" if report["new_shards"] else "")
     summary = RunSummary(run_id=run_id, output=str(output), records=cat.num_rows, shards=len(shards),
-                         shards_skipped=len(shards) - len(todo), beats=with_beats)
+                         shards_skipped=len(shards) - len(todo), beats=cfg.beats)
     summary.resume = report  # {} for a new plan; see _plan_resume
     summary.skipped = skipped
     for m in commits.values():
@@ -436,11 +427,8 @@ def run(input: str, output: str, *, model: str, weights: str | None = None, meth
 
     results = []
     if todo:
-        results = _execute(todo, input_labels=labels_csv, output=output, run_id=run_id, model=model, weights=weights,
-                           methods=methods, targets=targets, output_kind=output_kind, params=params, policy=policy,
-                           keep_relevance=keep_relevance, num_attr_actors=num_attr_actors, use_gpu=use_gpu,
-                           precision=precision, batch_size=batch_size, model_id=mid, with_beats=with_beats,
-                           progress=progress, faults=faults, torch_threads=torch_threads)
+        results = _execute(todo, cfg, output=output, run_id=run_id, model_id=mid, spec=spec, progress=progress,
+                           faults=faults)
     done = set(commits) | {r["shard"] for r in results}
     missing = [s["shard"] for s in shards if s["shard"] not in done]
     if missing:  # cannot happen unless Ray dropped rows; never report success then
@@ -469,21 +457,29 @@ def run(input: str, output: str, *, model: str, weights: str | None = None, meth
     return summary
 
 
-def _execute(todo: list[dict], *, input_labels, output, run_id, model, weights, methods, targets, output_kind, params,
-             policy, keep_relevance, num_attr_actors, use_gpu, precision, batch_size, model_id, with_beats, progress,
-             faults, torch_threads=None) -> list[dict]:
+def explain_config(cfg: RunConfig, *, model_id: str, spec: ModelSpec):
+    """The :class:`~ecgray.explain.ExplainConfig` the table stages of a run use (what every row records)."""
     from ecgray.explain import ExplainConfig
 
+    return ExplainConfig(model_name=str(cfg.model), model_id=model_id, methods=cfg.methods,
+                         targets=list(cfg.targets) if cfg.targets else None, output=cfg.output_kind,
+                         params=cfg.params, keep_relevance=cfg.keep_relevance, batch_size=cfg.batch_size, spec=spec)
+
+
+def _execute(todo: list[dict], cfg: RunConfig, *, output: str, run_id: str, model_id: str, spec: ModelSpec,
+             progress: bool | None, faults: dict | None) -> list[dict]:
+    """Run the plan over the shards ``todo``; returns one result row per written shard."""
     ray = ray_init_if_needed()
     import ray.data
 
     res = ray.cluster_resources()
     n_cpu = float(res.get("CPU", 1.0))
     n_gpu = int(res.get("GPU", 0))
-    gpu = bool(n_gpu) if use_gpu is None else bool(use_gpu)
-    n_actors = int(num_attr_actors or max(n_gpu, 1))
-    if precision != "fp32" and not gpu:
-        log.warning("precision=%s applies to GPU attribution only: this run attributes on CPU, in float32", precision)
+    gpu = bool(n_gpu) if cfg.use_gpu is None else bool(cfg.use_gpu)
+    n_actors = int(cfg.num_attr_actors or max(n_gpu, 1))
+    if cfg.precision != "fp32" and not gpu:
+        log.warning("precision=%s applies to GPU attribution only: this run attributes on CPU, in float32",
+                    cfg.precision)
     if gpu and not n_gpu:
         # Scale-from-zero clusters (cluster.yaml): the pending num_gpus=1 actors are what makes the
         # autoscaler start GPU workers, so wait for them instead of refusing.
@@ -493,12 +489,8 @@ def _execute(todo: list[dict], *, input_labels, output, run_id, model, weights, 
     # On CPU the actors share the cores with the read/beats/write tasks (up to n_cpu // 2 of each): give torch
     # half the cores. More intra-op threads than free cores makes OpenMP threads wait for each other: on 2
     # busy cores, saliency with 2 torch threads took 346 ms/window, with 1 thread 12.5 ms.
-    if gpu:
-        torch_threads = None
-    elif not torch_threads:
-        torch_threads = max(1, int(n_cpu // 2 // n_actors))
-    cfg = ExplainConfig(model_name=str(model), model_id=model_id, methods=tuple(methods), targets=targets,
-                        output=output_kind, params=params, keep_relevance=bool(keep_relevance), batch_size=batch_size)
+    torch_threads = None if gpu else (cfg.torch_threads or max(1, int(n_cpu // 2 // n_actors)))
+    explain_cfg = explain_config(cfg, model_id=model_id, spec=spec)
     items = [{"shard": s["shard"], "payload": _spec_bytes(s, run_id)} for s in todo]
 
     ctx = ray.data.DataContext.get_current()
@@ -519,7 +511,7 @@ def _execute(todo: list[dict], *, input_labels, output, run_id, model, weights, 
     # CPU stages are cheap next to attribution (~20 ms/record to read, a few ms to build and write tables):
     # a few concurrent tasks keep the actors fed without spawning (and importing into) many workers.
     cpu_tasks = max(1, int(n_cpu // 2))
-    cpu_memory = _cpu_stage_memory(ray, todo, methods=methods, targets=targets, policy=policy)
+    cpu_memory = _cpu_stage_memory(ray, todo, methods=cfg.methods, targets=cfg.targets, policy=cfg.policy, spec=spec)
     n_records = {s["shard"]: len(s["items"]) for s in todo}
     reporter = None
     if progress is not False:
@@ -532,11 +524,9 @@ def _execute(todo: list[dict], *, input_labels, output, run_id, model, weights, 
             # Ray 2.60 deprecates passing max_retries/retry_exceptions/max_restarts/max_task_retries as
             # **ray_remote_args (removal announced for 2.64) but offers no named parameter for them yet.
             warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
-            ds = _plan(ray, items, input_labels=input_labels, output=output, run_id=run_id, model=model,
-                       weights=weights, methods=methods, targets=targets, output_kind=output_kind, params=params,
-                       policy=policy, batch_size=batch_size, precision=precision, faults=faults, cfg=cfg,
-                       with_beats=with_beats, gpu=gpu, n_actors=n_actors, torch_threads=torch_threads,
-                       cpu_tasks=cpu_tasks, retry=retry, cpu_memory=cpu_memory)
+            ds = _plan(ray, items, cfg, explain_cfg, output=output, run_id=run_id, gpu=gpu, n_actors=n_actors,
+                       torch_threads=torch_threads, cpu_tasks=cpu_tasks, retry=retry, cpu_memory=cpu_memory,
+                       faults=faults)
         if reporter is not None:
             reporter.start()
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -564,14 +554,11 @@ def _execute(todo: list[dict], *, input_labels, output, run_id, model, weights, 
 #: detector warns when a stage uses more than it requests, and when the request is under 1.25x the peak
 #: (888 MiB here): so each task requests this plus four copies of its shard's arrays (signal + relevance).
 CPU_STAGE_BASE_MB = 900
-#: the published models' classes: the relevance of a window is (targets x 12 x 4096) float32 per method
-_N_CLASSES = 6
-
-
-def _cpu_stage_memory(ray, todo: list[dict], *, methods, targets, policy) -> int | None:
-    """Logical memory (bytes) each read/beats/write task requests; never more than a quarter of a node's."""
+def _cpu_stage_memory(ray, todo: list[dict], *, methods, targets, policy, spec) -> int | None:
+    """Logical memory (bytes) each read/beats/write task requests; never more than a quarter of a node's.
+    A window's relevance is (targets x leads x samples) float32 per method, for the model's ``spec``."""
     n = max((len(s["items"]) for s in todo), default=1) * (3 if policy == "windows" else 1)
-    per_window = 12 * 4096 * 4 * (1 + len(methods) * len(targets or range(_N_CLASSES)))
+    per_window = spec.n_leads * spec.n_samples * 4 * (1 + len(methods) * len(targets or spec.classes))
     want = (CPU_STAGE_BASE_MB << 20) + 4 * n * per_window
     try:
         node_mem = max(float(nd.get("Resources", {}).get("memory", 0)) for nd in ray.nodes() if nd.get("Alive"))
@@ -582,9 +569,9 @@ def _cpu_stage_memory(ray, todo: list[dict], *, methods, targets, policy) -> int
     return int(min(want, node_mem // 4))
 
 
-def _plan(ray, items, *, input_labels, output, run_id, model, weights, methods, targets, output_kind, params, policy,
-          batch_size, precision, faults, cfg, with_beats, gpu, n_actors, torch_threads, cpu_tasks, retry,
-          cpu_memory=None):
+def _plan(ray, items, cfg: RunConfig, explain_cfg, *, output: str, run_id: str, gpu: bool, n_actors: int,
+          torch_threads: int | None, cpu_tasks: int, retry: dict, cpu_memory: int | None = None,
+          faults: dict | None = None):
     """The Ray Data plan: one row per shard through read -> attribute -> beats/tables -> write.
 
     The task stages run at most ``cpu_tasks`` at a time (``TaskPoolStrategy``; ``concurrency=`` is
@@ -594,8 +581,8 @@ def _plan(ray, items, *, input_labels, output, run_id, model, weights, methods, 
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(stages.read_preprocess, batch_size=1, batch_format="pyarrow", num_cpus=0.25,
                         compute=tasks, memory=cpu_memory,
-                        fn_kwargs={"run_id": run_id, "labels_csv": input_labels, "policy": policy,
-                                   "faults": faults}, **retry)
+                        fn_kwargs={"run_id": run_id, "labels_csv": cfg.labels_csv, "policy": cfg.policy,
+                                   "faults": faults, "spec": explain_cfg.spec}, **retry)
     ds = ds.map_batches(
         stages.AttributeActor, batch_size=1, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=n_actors),
@@ -606,13 +593,13 @@ def _plan(ray, items, *, input_labels, output, run_id, model, weights, methods, 
         # (tests/test_cluster_nodes.py). Application errors are not retried by Ray (actor_task_retry_on_errors
         # False); the actor retries them itself, bounded. max_restarts bounds the restarts.
         max_restarts=3, max_task_retries=-1,
-        fn_constructor_kwargs={"model": str(model), "weights": weights, "methods": list(methods),
-                               "targets": targets, "output": output_kind, "params": params,
-                               "batch_size": batch_size, "use_gpu": gpu, "precision": precision,
-                               "torch_threads": torch_threads, "faults": faults})
+        fn_constructor_kwargs={"model": str(cfg.model), "weights": cfg.weights, "methods": list(cfg.methods),
+                               "targets": list(cfg.targets) if cfg.targets else None, "output": cfg.output_kind,
+                               "params": cfg.params, "batch_size": cfg.batch_size, "use_gpu": gpu,
+                               "precision": cfg.precision, "torch_threads": torch_threads, "faults": faults})
     ds = ds.map_batches(stages.beats_and_tables, batch_size=1, batch_format="pyarrow", num_cpus=0.25,
                         compute=tasks, memory=cpu_memory,
-                        fn_kwargs={"run_id": run_id, "cfg": cfg, "with_beats": with_beats, "faults": faults},
+                        fn_kwargs={"run_id": run_id, "cfg": explain_cfg, "with_beats": cfg.beats, "faults": faults},
                         **retry)
     ds = ds.map_batches(stages.write_shard, batch_size=1, batch_format="pyarrow", num_cpus=0.1,
                         compute=tasks, memory=cpu_memory,

@@ -6,7 +6,7 @@ Rows travel between stages as ``pa.Table``\\ s with two columns, ``shard``
 never holds tensor-extension columns and every stage sees a whole shard:
 
 * :func:`read_preprocess` (task) -- ``prepare`` each record of the shard: stacked
-  windows ``x (W, 12, 4096)``, per-window metadata, error rows;
+  windows ``x (W, leads, samples)`` of the model's spec, per-window metadata, error rows;
 * :class:`AttributeActor` (actor pool) -- loads the model once; probabilities and
   full relevance of every window x target x method (``ecgray.attribution.attribute``);
 * :func:`beats_and_tables` (task) -- beat averages and the Arrow tables
@@ -29,15 +29,14 @@ from types import SimpleNamespace
 import numpy as np
 import pyarrow as pa
 
-from schemas.tables import LEADS, conform, empty, from_rows
+from schemas.tables import conform, empty, from_rows
 
 from . import codec
 
 log = logging.getLogger("ecgray.pipeline")
 
-BEAT_LEAD = "DII"
+BEAT_LEAD = "DII"  # R-peaks on lead II (canonical name), else the model's first lead (ecgray.beats falls back by quality)
 BEAT_WINDOW_MS = (-300, 500)
-FS = 400
 
 
 # --------------------------------------------------------------------------- row (de)serialisation
@@ -104,36 +103,40 @@ def _record_meta(rec) -> SimpleNamespace:
     )
 
 
-def _n_resampled(n: int, fs_in: float) -> int:
+def _n_resampled(n: int, fs_in: float, fs_out: float) -> int:
     from ecgray.preprocess import resample_factors
 
-    up, down = resample_factors(float(fs_in))
+    up, down = resample_factors(float(fs_in), float(fs_out))
     return n if up == down else -(-n * up // down)
 
 
 def read_preprocess(batch: pa.Table, *, run_id: str, labels_csv: str | None, policy: str,
                     stride_s: float | None = None, max_windows: int | None = None,
-                    faults: dict | None = None) -> pa.Table:
+                    faults: dict | None = None, spec=None) -> pa.Table:
+    """Stage 1: read and preprocess a shard's records for a model of ``spec`` (default: Ribeiro et al. 2020)."""
     from ecgray.explain import prepare
+    from ecgray.models.spec import RIBEIRO2020
+
+    model_spec = spec or RIBEIRO2020
 
     out = []
-    for shard, spec in unpack(batch):
+    for shard, item_spec in unpack(batch):
         maybe_fail(faults, "read", shard)
         t0 = time.perf_counter()
         recs, wins, xs, errors = [], [], [], []
-        for item in spec["items"]:
+        for item in item_spec["items"]:
             if item.get("error"):
                 errors.append({"run_id": run_id, "record_key": item["record_key"], "record_id": item["record_id"],
                                "uri": item["uri"], "stage": "read",
                                "error_type": item.get("error_type") or "unreadable", "message": item["error"]})
                 continue
             prep, err = prepare(item["uri"], run_id=run_id, labels_csv=labels_csv, policy=policy,
-                                stride_s=stride_s, max_windows=max_windows, record_key=item["record_key"])
+                                stride_s=stride_s, max_windows=max_windows, record_key=item["record_key"], spec=model_spec)
             if err is not None:
                 errors.append(err)
                 continue
             meta = _record_meta(prep.record)
-            n_res = _n_resampled(meta.n_samples, meta.fs)
+            n_res = _n_resampled(meta.n_samples, meta.fs, model_spec.fs)
             for w in prep.windows:
                 xs.append(w.x)
                 w_meta = SimpleNamespace(record_key=meta.record_key, record_id=w.record_id, window=int(w.window), offset=int(w.offset),
@@ -141,8 +144,8 @@ def read_preprocess(batch: pa.Table, *, run_id: str, labels_csv: str | None, pol
                                          flags=tuple(w.flags), n_resampled=int(n_res))
                 recs.append(meta)
                 wins.append(w_meta)
-        x = np.stack(xs).astype(np.float32, copy=False) if xs else np.zeros((0, 12, 4096), np.float32)
-        payload = {**spec, "recs": recs, "wins": wins, "x": x, "errors": errors,
+        x = np.stack(xs).astype(np.float32, copy=False) if xs else np.zeros((0, *model_spec.input_shape), np.float32)
+        payload = {**item_spec, "recs": recs, "wins": wins, "x": x, "errors": errors,
                    "times": {"read": time.perf_counter() - t0}}
         out.append(pack(shard, payload))
     return concat_rows(out)
@@ -267,22 +270,24 @@ def _beats_tables(run_id: str, cfg, p: dict, average_beats) -> dict[str, pa.Tabl
     """``beats`` (window x lead: the average beat) and ``beats_relevance`` (window x method x target x lead)."""
     methods = list(p["attrs"])
     targets = list(p["attrs"][methods[0]].targets) if methods else []
+    fs, leads = float(cfg.spec.fs), cfg.leads
+    beat_lead = BEAT_LEAD if BEAT_LEAD in leads else leads[0]
     sig_rows: dict[str, list] = {k: [] for k in ("i", "lead", "start", "step", "signal", "ok", "n_beats", "quality",
                                                 "lead_used", "hr")}
     rel_rows: dict[str, list] = {k: [] for k in ("i", "method", "target", "lead", "relevance", "ok")}
     for i, (rec, w) in enumerate(zip(p["recs"], p["wins"])):
-        rel = np.stack([p["attrs"][m].relevance[i] for m in methods])  # (M, T, 12, L)
+        rel = np.stack([p["attrs"][m].relevance[i] for m in methods])  # (M, T, leads, L)
         L = rel.shape[-1]
         start = max(0, -w.offset)
         valid = (start, min(L, start + w.n_resampled - max(0, w.offset)))
-        avg = average_beats(p["x"][i], rel, fs=FS, lead=BEAT_LEAD, window_ms=BEAT_WINDOW_MS, valid=valid)
+        avg = average_beats(p["x"][i], rel, fs=fs, lead=beat_lead, leads=leads, window_ms=BEAT_WINDOW_MS, valid=valid)
         M, T, n_leads, K = avg.relevance.shape
         ok = int(avg.n_beats) > 0
         off = np.asarray(avg.offsets_ms, np.float64)
         sig_rows["i"].append(np.full(n_leads, i))
         sig_rows["lead"].append(np.arange(n_leads))
         sig_rows["start"].append(np.full(n_leads, off[0], np.float32))
-        sig_rows["step"].append(np.full(n_leads, (off[1] - off[0]) if K > 1 else 1000.0 / FS, np.float32))
+        sig_rows["step"].append(np.full(n_leads, (off[1] - off[0]) if K > 1 else 1000.0 / fs, np.float32))
         sig_rows["signal"].append(np.asarray(avg.signal, np.float32).reshape(n_leads, K))
         sig_rows["ok"].append(np.full(n_leads, ok))
         sig_rows["n_beats"].append(np.full(n_leads, int(avg.n_beats), np.int32))
@@ -315,7 +320,7 @@ def _beats_tables(run_id: str, cfg, p: dict, average_beats) -> dict[str, pa.Tabl
 
     beats = pa.table({
         **common(cat["i"]),
-        "lead": _dict_strings(LEADS, cat["lead"]),
+        "lead": _dict_strings(leads, cat["lead"]),
         "offset_start_ms": pa.array(cat["start"]), "offset_step_ms": pa.array(cat["step"]),
         "signal": _lists(cat["signal"], cat["ok"]),
         "n_beats": pa.array(cat["n_beats"]), "quality": pa.array(cat["quality"], pa.string()),
@@ -326,7 +331,7 @@ def _beats_tables(run_id: str, cfg, p: dict, average_beats) -> dict[str, pa.Tabl
         "method": _dict_strings(methods, rcat["method"]),
         "target": _dict_strings(targets, rcat["target"]),
         "output": _dict_strings([cfg.output], np.zeros(len(rcat["i"]))),
-        "lead": _dict_strings(LEADS, rcat["lead"]),
+        "lead": _dict_strings(leads, rcat["lead"]),
         "relevance": _lists(rcat["relevance"] / scale[:, None], rcat["ok"]),
         "relevance_scale": pa.array(scale, mask=~rcat["ok"]),
     })
@@ -336,8 +341,6 @@ def _beats_tables(run_id: str, cfg, p: dict, average_beats) -> dict[str, pa.Tabl
 def beats_and_tables(batch: pa.Table, *, run_id: str, cfg, with_beats: bool = True,
                      faults: dict | None = None) -> pa.Table:
     from ecgray.explain import per_lead_tables, records_table, error_row
-
-    from schemas.tables import CLASSES
 
     if with_beats:  # ecgray.beats is part of the package: with_beats=False is the only way to get no beats
         from ecgray.beats import average_beats
@@ -353,7 +356,7 @@ def beats_and_tables(batch: pa.Table, *, run_id: str, cfg, with_beats: bool = Tr
         beats = {"beats": empty("beats"), "beats_relevance": empty("beats_relevance")}
         if p["attrs"]:
             items = list(zip(p["recs"], p["wins"]))
-            classes = CLASSES
+            classes = cfg.classes
             for m, attr in p["attrs"].items():
                 for name, tbl in per_lead_tables(run_id, cfg, items, attr, m, classes).items():
                     tables[name].append(tbl)
@@ -367,7 +370,8 @@ def beats_and_tables(batch: pa.Table, *, run_id: str, cfg, with_beats: bool = Tr
                     for key, rid, uri in dict.fromkeys((r.record_key, r.record_id, r.uri) for r in p["recs"]):
                         p["errors"].append(error_row(run_id, rid, uri, exc, "beats", key))
                         # the record's other tables are kept; the error row says its beats are missing
-        result = {name: (pa.concat_tables(v) if v else empty(name)) for name, v in tables.items()}
+        result = {name: (pa.concat_tables(v) if v else empty(name, cfg.classes if name == "records" else None))
+                  for name, v in tables.items()}
         result.update(beats)
         result["errors"] = from_rows("errors", p["errors"])
         p["times"]["beats"] = time.perf_counter() - t0

@@ -33,15 +33,16 @@ import posixpath
 import numpy as np
 import polars as pl
 
-from ecgray.store import uncommitted_shards
-from schemas.tables import CLASSES, LEADS
+from ecgray.leads import canonical_lead
+from ecgray.models.spec import RIBEIRO2020
+from ecgray.store import output_spec, uncommitted_shards
 
 from .html import FigureItem, Section, esc, page, table
 
 __all__ = ["report", "build_report"]
 
 
-def _order(values, preferred=CLASSES) -> list[str]:
+def _order(values, preferred=()) -> list[str]:
     vals = list(dict.fromkeys(v for v in values if v is not None))
     return [c for c in preferred if c in vals] + sorted(v for v in vals if v not in preferred)
 
@@ -117,7 +118,8 @@ def _top_leads(lead_rel: pl.DataFrame, k: int = 3, group: str = "positive") -> s
                  numeric=[False, False, False, True])
 
 
-def _example_arrays(rel_lf: pl.LazyFrame, record_key: str, window: int, target: str, methods: list[str]):
+def _example_arrays(rel_lf: pl.LazyFrame, record_key: str, window: int, target: str, methods: list[str],
+                    leads: list[str]):
     d = (rel_lf.filter((pl.col("record_key") == record_key) & (pl.col("window") == window) & (pl.col("target") == target))
          .select("method", "lead", "relevance").collect())
     out = {}
@@ -127,8 +129,8 @@ def _example_arrays(rel_lf: pl.LazyFrame, record_key: str, window: int, target: 
             continue
         by_lead = {l: np.asarray(v, np.float32) for l, v in dm.select("lead", "relevance").iter_rows()}
         n = max(len(v) for v in by_lead.values())
-        arr = np.full((len(LEADS), n), np.nan, np.float32)
-        for i, l in enumerate(LEADS):
+        arr = np.full((len(leads), n), np.nan, np.float32)
+        for i, l in enumerate(leads):
             if l in by_lead:
                 arr[i, : len(by_lead[l])] = by_lead[l]
         out[m] = arr
@@ -144,8 +146,10 @@ def build_report(output: str, tables: dict[str, pl.DataFrame], *, threshold: flo
 
     pts, cp, lr = tables["class_probability_points"], tables["class_probability"], tables["lead_relevance"]
     br, wr = tables["beat_relevance"], tables["wave_relevance"]
+    spec = output_spec(output) or RIBEIRO2020  # classes, leads and fs of the explained model
+    leads = [canonical_lead(x) for x in spec.leads]
     methods = methods or _order(pts["method"].unique().to_list(), ())
-    targets = targets or _order(pts["target"].unique().to_list())
+    targets = targets or _order(pts["target"].unique().to_list(), spec.classes)
     figs: list[FigureItem] = []
 
     def add(fig_cap, name, alt):
@@ -207,12 +211,14 @@ def build_report(output: str, tables: dict[str, pl.DataFrame], *, threshold: flo
                 sec.items.append(f"<p class=\"note\">No record with per-sample relevance for {esc(t)}.</p>")
                 continue
             r = cand.row(0, named=True)
-            arrays = _example_arrays(rel, r["record_key"], r["window"], t, methods)
+            arrays = _example_arrays(rel, r["record_key"], r["window"], t, methods, leads)
             info = (f"{r['record_key']}, window {r['window']}, p({t}) = {r['probability']:.2f}, group {r['group']}, "
                     f"outcome {r['outcome'] or 'unknown'}")
-            sec.items.append(add(F.fig_example(arrays, r["record_id"], t, info), f"example_{t}", f"example {t}"))
+            sec.items.append(add(F.fig_example(arrays, r["record_id"], t, info, spec.fs, leads), f"example_{t}", f"example {t}"))
     sections.append(sec)
     meta = (f"output <code>{esc(output)}</code> · methods {esc(', '.join(methods))} · classes {esc(', '.join(targets))}"
+            f" · model input {len(leads)} leads ({esc(', '.join(F.lead_label(x) for x in leads))}), "
+            f"{spec.fs:g} Hz × {spec.n_samples} samples, {esc(spec.activation)}"
             f" · generated {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M UTC}")
     return page("ecgray report", meta, sections), figs
 

@@ -13,7 +13,6 @@ from matplotlib.lines import Line2D
 
 from ecgray.reduce import LABELLED_GROUPS as LABELLED
 from ecgray.reduce import UNLABELLED_GROUPS as UNLABELLED
-from schemas.tables import LEADS
 
 # Clinical 12-lead printout: rows I/aVR/V1/V4, II/aVL/V2/V5, III/aVF/V3/V6.
 CLINICAL_LAYOUT = (("DI", "AVR", "V1", "V4"), ("DII", "AVL", "V2", "V5"), ("DIII", "AVF", "V3", "V6"))
@@ -130,7 +129,7 @@ def fig_relevance_vs_probability(points: pl.DataFrame, binned: pl.DataFrame, met
     groups = [g for g in GROUP_STYLE if sel.filter(group=g).height] or list(LABELLED)
     unlabelled = [g for g in groups if g in UNLABELLED]
     caption = (f"<b>Relevance vs. probability ({method}).</b> One dot per record window: x = the model's probability of "
-               f"the class, y = the record's total relevance for the class (sum of relevance over all 12 leads and "
+               f"the class, y = the record's total relevance for the class (sum of relevance over all the model's leads and "
                f"samples). Misclassifications at threshold {threshold:g} (dashed line) are marked: red × = false "
                "positive, orange ▼ = false negative. Squares with error bars: mean per probability bin with a 95 % "
                f"bootstrap CI, per group ({_group_list(groups)}). ")
@@ -144,6 +143,14 @@ def fig_relevance_vs_probability(points: pl.DataFrame, binned: pl.DataFrame, met
     return fig, caption
 
 
+def absent_lead(ax, lead: str) -> None:
+    """A panel of the clinical layout for a lead the model does not take: named, empty, marked so."""
+    ax.set_axis_off()
+    ax.set_title(lead_label(lead), fontsize=12, fontweight="bold", color="0.6")
+    ax.text(0.5, 0.5, "not an input\nof the model", ha="center", va="center", color="0.5", fontsize=10,
+            transform=ax.transAxes)
+
+
 # ------------------------------------------------------------------------------- (b) per-lead bars
 def fig_lead_bars(lead_rel: pl.DataFrame, method: str, targets: list[str], groups=None):
     """``groups``: the bars per class; default :func:`drawn_groups` of the method's groups (positive vs. normal,
@@ -154,9 +161,13 @@ def fig_lead_bars(lead_rel: pl.DataFrame, method: str, targets: list[str], group
     groups = tuple(groups) if groups is not None else drawn_groups(d["group"].unique().to_list())
     x = np.arange(len(targets))
     width = 0.8 / len(groups)
+    present = set(d["lead"].unique().to_list())
     for r, row in enumerate(CLINICAL_LAYOUT):
         for c, lead in enumerate(row):
             ax = axes[r, c]
+            if present and lead not in present:
+                absent_lead(ax, lead)
+                continue
             for gi, g in enumerate(groups):
                 dg = d.filter(lead=lead, group=g)
                 means = np.full(len(targets), np.nan)
@@ -187,7 +198,7 @@ def fig_lead_bars(lead_rel: pl.DataFrame, method: str, targets: list[str], group
         pairs.append("in unlabelled records the model predicts the class for (probability ≥ threshold; purple) vs. "
                      "unlabelled records it does not (brown)")
     caption = (f"<b>Relevance per lead ({method}), clinical 12-lead layout</b> (rows I, aVR, V1, V4 / II, aVL, V2, V5 / "
-               "III, aVF, V3, V6). In each lead: mean relevance of the lead (sum over its samples) for each target "
+               "III, aVF, V3, V6; a lead the model does not take is marked so). In each lead: mean relevance of the lead (sum over its samples) for each target "
                f"class, {'; and '.join(pairs)}, with 95 % CIs (normal approximation, mean ± 1.96·sd/√n). "
                "<i>Read off:</i> which leads carry the evidence for a class ("
                + ("tall blue bars, well above the green ones" if "positive" in groups else
@@ -219,9 +230,13 @@ def fig_average_beats(beat_rel: pl.DataFrame, wave_rel: pl.DataFrame, method: st
     fig.subplots_adjust(left=0.05, right=0.9, bottom=0.07, top=0.88, hspace=0.3, wspace=0.22)
     lc = None
     n_rec = int(dg["n"].max()) if dg.height else 0
+    present = set(beat_rel.filter(method=method, target=target)["lead"].unique().to_list())
     for r, row in enumerate(CLINICAL_LAYOUT):
         for c, lead in enumerate(row):
             ax = axes[r, c]
+            if present and lead not in present:
+                absent_lead(ax, lead)
+                continue
             for i, (name, (a, b)) in enumerate(waves.items()):
                 ax.axvspan(a, b, color=("#f2e6ff", "#fff2cc", "#e6f7ff")[i % 3], alpha=0.7, lw=0, zorder=0)
             nl = dn.filter(lead=lead).sort("offset_ms")
@@ -278,8 +293,9 @@ def fig_average_beats(beat_rel: pl.DataFrame, wave_rel: pl.DataFrame, method: st
 
 
 # --------------------------------------------------------------------------- (d) example heat-maps
-def fig_example(rel: dict[str, np.ndarray], record: str, target: str, info: str, fs: float = 400.0):
-    """``rel``: ``{method: array (n_leads, n_samples)}`` in :data:`LEADS` order."""
+def fig_example(rel: dict[str, np.ndarray], record: str, target: str, info: str, fs: float, leads: list[str]):
+    """``rel``: ``{method: array (n_leads, n_samples)}``, rows in the order of ``leads`` (canonical names);
+    ``fs``: the model's sampling rate."""
     methods = list(rel)
     H = 3.4 * len(methods) + 1.2
     fig = Figure(figsize=(14, H))
@@ -291,13 +307,13 @@ def fig_example(rel: dict[str, np.ndarray], record: str, target: str, info: str,
         vmax = vmax if np.isfinite(vmax) and vmax > 0 else 1.0
         im = ax.imshow(a, aspect="auto", cmap=CMAP, norm=TwoSlopeNorm(vmin=-vmax, vcenter=0, vmax=vmax),
                        extent=(0, a.shape[1] / fs, a.shape[0] - 0.5, -0.5), interpolation="nearest")
-        ax.set_yticks(np.arange(a.shape[0]), [lead_label(l) for l in LEADS[: a.shape[0]]])
+        ax.set_yticks(np.arange(a.shape[0]), [lead_label(l) for l in leads[: a.shape[0]]])
         ax.set_title(f"{m}", fontsize=10, loc="left")
         fig.colorbar(im, ax=ax, pad=0.01, label="relevance")
     axes[-1].set_xlabel("time (s)")
     fig.suptitle(f"{target}: record {record} — {info}", y=1 - 0.15 / H)
     caption = (f"<b>Example record for {target}</b> ({record}; {info}). Heat-map of the per-sample relevance for "
-               f"{target} over the 12 leads (rows) and time (x), one panel per attribution method; red = evidence "
+               f"{target} over the model's {len(leads)} leads (rows) and time (x), one panel per attribution method; red = evidence "
                "for the class, blue = against, colour scale centred at 0 and clipped at the 99th percentile of |r|. "
                "<i>Read off:</i> whether the relevance sits on specific beats/waves and leads (plausible) or is "
                "spread as noise, and whether the methods agree.")
