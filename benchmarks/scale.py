@@ -178,7 +178,8 @@ def build_template(t: int, n: int = SHARD, methods=SYN_METHODS, seed: int = 0) -
     built with the pipeline's row builders; record keys ``tmpl<t>/r<i>`` (replaced per shard)."""
     from ecgray.explain import ExplainConfig, per_lead_tables, records_table
     from ecgray.pipeline.stages import _beats_tables
-    from schemas.tables import CLASSES, conform, from_rows
+    from ecgray.models.ribeiro2020 import CLASSES
+    from schemas.tables import conform, from_rows
 
     import pyarrow as pa
 
