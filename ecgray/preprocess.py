@@ -228,7 +228,8 @@ def saturated_leads(signal: np.ndarray, fs: float) -> np.ndarray:
 
 def check_signal(signal: np.ndarray, fs: float, *, record_id: str | None = None,
                  leads: Sequence[str] = LEADS) -> tuple[str, ...]:
-    """Quality checks on ``(n_samples, 12)`` in mV; raise :class:`SignalError`, return flags."""
+    """Quality checks on ``(n_samples, leads)`` in mV (``too_short``: under MIN_SECONDS at any rate); raise
+    :class:`SignalError`, return flags."""
     if fs is None or not math.isfinite(float(fs)) or float(fs) <= 0:
         raise SignalError(record_id, f"bad sampling frequency {fs!r}", error_type="bad_fs")
     up, down = resample_factors(float(fs))

@@ -98,11 +98,11 @@ TABLES: dict[str, pa.Schema] = {
             pa.field("window_offset", pa.int64(), nullable=False),
             pa.field("probability", pa.float32()),
             pa.field("delta", pa.float32()),
-            pa.field("relevance", pa.list_(pa.float32())),  # 4096 samples at 400 Hz
+            pa.field("relevance", pa.list_(pa.float32())),  # the model's n_samples (4096 at 400 Hz for Ribeiro et al.)
         ]
     ),
     # One row per record window x lead: the average beat around the R-peak. Sample i of ``signal`` lies at
-    # offset_start_ms + i * offset_step_ms from the R-peak (-300 ms, 2.5 ms at 400 Hz: 320 samples).
+    # offset_start_ms + i * offset_step_ms from the R-peak (-300 ms, 1000 / fs ms: 320 samples at 400 Hz, 400 at 500 Hz).
     # Null signal (and n_beats 0) when no beat was found. Precision (BEAT_PRECISION below): float16.
     "beats": pa.schema(
         _provenance

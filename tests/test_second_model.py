@@ -42,7 +42,7 @@ TABLE_LEADS = ("DI", "DII", "V1", "V2", "V3", "V4", "V5", "V6")
 CLASSES = ("NORM", "AF", "LBBB")
 KIND_OF_CLASS = {"NORM": "normal", "AF": "AF", "LBBB": "LBBB"}
 FS, N = 500, 5000
-IG_STEPS = 8
+IG_STEPS = 16
 
 #: the input data set: name -> (synthetic kind, seconds, leads in the file); 500 Hz WFDB with SNOMED #Dx
 RECORDS = {
@@ -201,17 +201,19 @@ def _run(inp, out, weights, **kw):
 
 @pytest.fixture(scope="module")
 def explained(cluster, weights, dataset, tmp_path_factory):
-    """The data set through ``run`` (saliency + IG, every class), then one record added and ``resume``;
-    yields ``(output, first summary, resume summary, input)``."""
-    out = tmp_path_factory.mktemp("ecg8_out") / "out"
+    """A copy of the data set through ``run`` (saliency + IG, every class), then one record added to it and
+    ``resume``; yields ``(output, first summary, resume summary, input)``."""
+    work = tmp_path_factory.mktemp("ecg8_run")
+    inp, out = work / "in", work / "out"
+    shutil.copytree(dataset, inp)
     t0 = time.perf_counter()
-    s1 = _run(dataset, out, weights)
+    s1 = _run(inp, out, weights)
     t1 = time.perf_counter()
     name, (kind, seconds, leads) = ADDED
-    write_record(dataset, name, kind, seconds, leads, seed=999)
-    s2 = _run(dataset, out, weights, resume=True)
+    write_record(inp, name, kind, seconds, leads, seed=999)
+    s2 = _run(inp, out, weights, resume=True)
     print(f"ecg8 run: {t1 - t0:.1f} s ({s1.records} records); resume: {time.perf_counter() - t1:.1f} s")
-    return out, s1, s2, dataset
+    return out, s1, s2, inp
 
 
 def _table(out, name):
@@ -374,7 +376,7 @@ def test_saliency_matches_autograd(explained, weights):
 
 
 def test_integrated_gradients_is_complete(explained, weights):
-    """IG (zeros baseline, 8 steps): per record x target, the sum over the 8 leads of relevance_summary.sum
+    """IG (zeros baseline, 16 steps): per record x target, the sum over the 8 leads of relevance_summary.sum
     minus the stored delta is the independent logit(x) - logit(0), and the delta is small."""
     out, _, _, inp = explained
     ref = own_model(weights)
@@ -390,7 +392,7 @@ def test_integrated_gradients_is_complete(explained, weights):
         delta = rs[0]["delta"]
         assert len(rs) == 8 and all(r["delta"] == delta for r in rs)
         assert abs((s - diff) - delta) <= 1e-3 * max(1.0, abs(diff)), (name, t, s, diff, delta)
-        assert abs(delta) <= 0.1 * max(1.0, abs(diff)), (name, t, delta)
+        assert abs(delta) <= 0.15 * max(1.0, abs(diff)), (name, t, delta)  # measured <= 0.054
 
 
 def test_resume_runs_only_the_added_record(explained):
