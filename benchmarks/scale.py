@@ -216,7 +216,7 @@ def build_template(t: int, n: int = SHARD, methods=SYN_METHODS, seed: int = 0) -
     tables["relevance_summary"] = pa.concat_tables(summ)
     offs = np.arange(-300.0, 500.0, 2.5)
 
-    def fake_average_beats(x, relevance, fs, lead, window_ms, valid):  # noqa: ARG001 - same call as average_beats
+    def fake_average_beats(x, relevance, fs, lead, leads, window_ms, valid):  # noqa: ARG001 - same call as average_beats
         ok = rng.random() > 0.02
         amp = rng.normal(1.0, 0.4, size=(12, 1))
         sig = (0.12 * _gauss(offs, -180, 25) + amp * (_gauss(offs, 0, 12) - 0.3 * _gauss(offs, 25, 10))
