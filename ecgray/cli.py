@@ -22,84 +22,13 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _interrupted_message(output: str | None, hint: str = "rerun with --resume") -> str:
-    """``interrupted after K of N shards; rerun with --resume``: K committed (by any run), N planned."""
-    k, n = 0, None
-    if output is not None:
-        try:
-            from .store import Store
-
-            store = Store(output)
-            k = len(store.commits())
-            n = (store.manifest() or {}).get("n_shards")
-        except Exception:  # noqa: BLE001 - an unreadable output still gets the message
-            pass
-    done = f"{k} of {n} shards" if n is not None else f"{k} shards"
-    return f"interrupted after {done}; {hint}"
-
-
-class _RaySession:
-    """Ray for one ``run`` / ``demo`` command: a local instance's own console output kept in Ray's logs
-    (:class:`ecgray.pipeline.progress.LocalRayConsole`), a clean shutdown before the last lines, and the
-    SIGINT message (exit 130). A cluster (``RAY_ADDRESS``) is joined and left as it is."""
-
-    def __init__(self):
-        self.quiet = None
-        self.started = False
-
-    def start(self, **init_kwargs) -> None:
-        import ray
-
-        from .pipeline.progress import LocalRayConsole
-        from .pipeline.run import ray_init_if_needed
-
-        was_up = ray.is_initialized()
-        self.quiet = LocalRayConsole().before_init()
-        ray_init_if_needed(**init_kwargs)
-        self.started = not was_up and ray.is_initialized()
-        self.quiet.after_init()
-
-    def stop(self) -> None:
-        if self.started:
-            import ray
-
-            self.started = False
-            try:
-                ray.shutdown()
-            except Exception:  # noqa: BLE001 - shutting down never hides the run's own outcome
-                pass
-        if self.quiet is not None:
-            self.quiet.restore()
-            self.quiet = None
-
-    def interrupted(self, output: str | None, hint: str = "rerun with --resume") -> None:
-        """After Ctrl-C: stop Ray, then say how far the run got as the last line; exit 130."""
-        import os
-        import signal
-
-        message = _interrupted_message(output, hint)
-
-        def again(signum, frame):  # a second Ctrl-C while Ray shuts down: leave at once, same message
-            sys.stdout.flush()
-            os.write(self.stderr_fd(), (message + "\n").encode())
-            os._exit(130)
-
-        try:
-            previous = signal.signal(signal.SIGINT, again)
-        except ValueError:  # not the main thread
-            previous = None
-        try:
-            self.stop()
-            message = _interrupted_message(output, hint)  # shards committed while Ray stopped count too
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
-        sys.stdout.flush()
-        err_console.print(message, highlight=False, soft_wrap=True, markup=False)
-        raise typer.Exit(130)
-
-    def stderr_fd(self) -> int:
-        return self.quiet.console_fd if self.quiet is not None else 2
+def _interrupted(session, output: str | None, hint: str = "rerun with --resume") -> None:
+    """After Ctrl-C: stop Ray (``session``: :class:`ecgray.pipeline.session.RaySession`), print how far the run
+    got as the last line, exit 130."""
+    message = session.interrupted(output, hint)
+    sys.stdout.flush()
+    err_console.print(message, highlight=False, soft_wrap=True, markup=False)
+    raise typer.Exit(130)
 
 
 def _parse_targets(target: List[str] | None) -> list[str] | None:
@@ -412,7 +341,9 @@ def run_pipeline(
         fail("--resume and --overwrite exclude each other")
     from .pipeline import PipelineError, print_summary, run as run_dataset
 
-    ray_session = _RaySession()
+    from .pipeline.session import RaySession  # Ray and torch load only for the commands that run the pipeline
+
+    ray_session = RaySession()
     try:
         ray_session.start(object_store_mb=object_store_mb)
         summary = run_dataset(input, output, model=model, weights=weights, methods=methods, targets=targets,
@@ -422,7 +353,7 @@ def run_pipeline(
                               batch_size=batch_size,
                               run_id=run_id, torch_threads=torch_threads)
     except KeyboardInterrupt:
-        ray_session.interrupted(output)
+        _interrupted(ray_session, output)
     except (PipelineError, ModelError, FileNotFoundError, ValueError) as exc:
         ray_session.stop()
         fail(str(exc))
@@ -592,13 +523,15 @@ def demo_cmd(
 
     t0 = time.perf_counter()
     methods = tuple(_resolve_methods(method))
-    ray_session = _RaySession()
+    from .pipeline.session import RaySession  # Ray and torch load only for the commands that run the pipeline
+
+    ray_session = RaySession()
     try:
         ray_session.start()
         res = run_demo(out_dir, n_per_class=n_per_class, seed=seed, methods=methods, n_steps=n_steps, check=check,
                        log=lambda m: console.print(m, highlight=False, soft_wrap=True))
     except KeyboardInterrupt:
-        ray_session.interrupted(str(Path(out_dir).resolve() / "run"), hint="rerun `ecgray demo` to start again")
+        _interrupted(ray_session, str(Path(out_dir).resolve() / "run"), hint="rerun `ecgray demo` to start again")
     except BaseException:
         ray_session.stop()
         raise

@@ -399,7 +399,7 @@ def test_record_meta_has_no_signal_and_same_records_row(cpsc_dir):
 
 def test_no_beats_is_only_asked_for():
     """Issue 15: ecgray.beats always imports, so the summary says beats are off only for beats=False."""
-    from ecgray.pipeline.run import RunSummary, summary_rows
+    from ecgray.pipeline.summary import RunSummary, summary_rows
 
     assert ("beats", "not computed (beats=False)") in summary_rows(RunSummary("r", "out", beats=False))
     assert not [r for r in summary_rows(RunSummary("r", "out")) if r[0] == "beats"]

@@ -129,7 +129,7 @@ def test_grow_then_resume_runs_exactly_the_new_records(grown):
                         "next_shard": 5, "legacy_output": False}
     assert (b.records, b.shards, b.shards_skipped, b.shards_written) == (13, 5, 2, 3)
     assert (b.records_ok, b.records_error) == (12, 1)
-    from ecgray.pipeline.run import summary_rows
+    from ecgray.pipeline.summary import summary_rows
 
     assert ("resume", "2 shards kept (6 records), 1 rerun, 4 new records in 2 new shards") in summary_rows(b)
     plan = manifest(out)["shards"]

@@ -21,7 +21,9 @@
 from ecgray.store import PipelineError, Store, committed_shards, read_table
 
 from .config import RunConfig
-from .run import RunSummary, plan_shards, print_summary, run
+from .plan import plan_shards
+from .run import run
+from .summary import RunSummary, print_summary
 
 __all__ = ["run", "RunConfig", "RunSummary", "print_summary", "plan_shards", "read_table", "committed_shards",
            "PipelineError", "Store"]

@@ -8,19 +8,20 @@ import os
 import re
 import warnings
 import time
-from dataclasses import asdict, dataclass, field
 
 from ecgray.explain import new_run_id, require_table_layout
-from ecgray.io import catalog, is_s3
+from ecgray.io import catalog
 from ecgray.io.catalog import skipped_files
 from ecgray.models import load_model, model_id
 from ecgray.models.spec import ModelSpec
-from ecgray.store import KNOWN_ENTRIES, LOCK, PipelineError, Store, record_fingerprint, shard_hash, shard_name
+from ecgray.store import KNOWN_ENTRIES, LOCK, PipelineError, Store, record_fingerprint
 from schemas.tables import SCHEMA_VERSION
 
 from . import stages
 from .config import RunConfig
 from .lock import OutputLock
+from .plan import plan_entry, plan_resume, plan_shards
+from .summary import RunSummary
 
 log = logging.getLogger("ecgray.pipeline")
 
@@ -33,209 +34,6 @@ RESUME_KEYS = ("model", "model_id", "model_spec", "methods", "targets", "output_
 #: manifest values of outputs written before a key existed
 RESUME_DEFAULTS = {"precision": "fp32"}
 
-
-@dataclass
-class RunSummary:
-    run_id: str
-    output: str
-    records: int = 0  # records in the input (catalog rows)
-    records_ok: int = 0  # records explained (in `records`), this run + skipped shards
-    records_error: int = 0  # records in `errors` only
-    windows: int = 0  # record windows explained (rows of `records`; one record can give several), as records_ok
-    shards: int = 0
-    shards_written: int = 0
-    shards_skipped: int = 0
-    rows: dict = field(default_factory=dict)  # rows written by this run per table
-    stage_seconds: dict = field(default_factory=dict)  # sum over shards written by this run
-    wall_s: float = 0.0
-    records_per_s: float = 0.0  # records of the shards written by this run / wall time
-    beats: bool = True  # False: run(beats=False), the beats tables are empty
-    resume: dict = field(default_factory=dict)  # what --resume kept and added (empty for a new plan)
-    skipped: list = field(default_factory=list)  # files the catalog skipped: [{"path", "reason"}] (hidden, not records)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def summary_rows(s: RunSummary) -> list[tuple[str, str]]:
-    """The end-of-run summary as ``(label, value)`` pairs: records, record windows, shards, rows, times."""
-    rows = [("output", s.output), ("records (input)", str(s.records)),
-            ("records explained / errors", f"{s.records_ok} / {s.records_error}"),
-            ("record windows explained", str(s.windows)),
-            ("shards written / skipped / total", f"{s.shards_written} / {s.shards_skipped} / {s.shards}")]
-    if s.resume:
-        r = s.resume
-        rows.append(("resume", f"{r['committed_shards']} shards kept ({r['committed_records']} records), "
-                               f"{len(r['unfinished_shards'])} rerun, {r['new_records']} new records in "
-                               f"{len(r['new_shards'])} new shards"))
-    if s.skipped:
-        hidden = sum(1 for x in s.skipped if x["reason"] == "hidden")
-        names = ", ".join(x["path"] for x in s.skipped[:5]) + (", ..." if len(s.skipped) > 5 else "")
-        rows.append(("files skipped (in _manifest.json)",
-                     f"{len(s.skipped)}: {hidden} hidden, {len(s.skipped) - hidden} not records ({names})"))
-    rows += [(f"rows {k} (this run)", str(v)) for k, v in s.rows.items()]
-    if s.stage_seconds:  # summed over the shards written by this run
-        rows.append((f"stage s {'/'.join(s.stage_seconds)}", " / ".join(f"{v:.1f}" for v in s.stage_seconds.values())))
-    rows += [("wall time", f"{s.wall_s:.1f} s"), ("records/s", f"{s.records_per_s:.2f}")]
-    if not s.beats:
-        rows.append(("beats", "not computed (beats=False)"))
-    return rows
-
-
-def print_summary(s: RunSummary, console=None) -> None:
-    """A rich table (at most 80 columns) on a terminal, plain ``label: value`` lines otherwise."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console()
-    rows = summary_rows(s)
-    if not console.is_terminal:
-        console.print(f"ecgray run {s.run_id}", highlight=False, soft_wrap=True)
-        for k, v in rows:
-            console.print(f"{k}: {v}", highlight=False, soft_wrap=True, markup=False)
-        return
-    t = Table(title=f"ecgray run {s.run_id}", show_header=False, width=min(console.width, 80))
-    t.add_column("", style="bold", no_wrap=True, ratio=None)
-    t.add_column("", justify="right", overflow="fold")
-    for k, v in rows:
-        t.add_row(k, v)
-    console.print(t)
-
-
-def _relative(uri: str, root: str) -> str:
-    root = root.rstrip("/")
-    if not is_s3(root):
-        root = os.path.abspath(root)
-    return uri[len(root):].lstrip("/") if uri.startswith(root) else uri
-
-
-#: the catalog fields a shard's items carry to the workers
-ITEM_FIELDS = ("record_id", "record_key", "uri", "error", "error_type")
-
-
-def _order(r: dict) -> tuple:
-    return (r["record_id"], r["record_key"])
-
-
-def _shard_spec(name: str, items: list[dict], input_root: str) -> dict:
-    h = shard_hash((r["record_id"], _relative(r["uri"], input_root)) for r in items)
-    return {"shard": name, "record_hash": h, "items": items}
-
-
-def plan_shards(cat, input_root: str, shard_size: int, *, start: int = 0) -> list[dict]:
-    """Consecutive chunks of ``shard_size`` records in (record_id, record_key) order, numbered from ``start``,
-    with their hash. ``cat``: the catalog table or a list of its rows (dicts)."""
-    rows = cat.select(list(ITEM_FIELDS)).to_pylist() if hasattr(cat, "select") else cat
-    rows = sorted(({c: r.get(c) for c in ITEM_FIELDS} for r in rows), key=_order)
-    return [_shard_spec(shard_name(start + k), rows[i:i + shard_size], input_root)
-            for k, i in enumerate(range(0, len(rows), shard_size))]
-
-
-def _plan_entry(shard: dict, fingerprints: dict, run_id: str) -> dict:
-    """A shard's entry in the manifest's plan: its records (keys, in shard order) and their fingerprints."""
-    keys = [r["record_key"] for r in shard["items"]]
-    return {"record_hash": shard["record_hash"], "records": keys, "fingerprints": [fingerprints[k] for k in keys],
-            "run_id": run_id}
-
-
-def _few(keys: list[str], n: int = 5) -> str:
-    return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
-
-
-def _legacy_plan(root: str, rows: list[dict], input_root: str, shard_size: int, old: dict,
-                 commits: dict) -> dict:
-    """The plan of an output written before manifests recorded it: its shards were consecutive chunks of the
-    catalog in (record_id, uri) or (record_id, record_key) order, so the committed ones must still be."""
-    n_old = int(old.get("n_shards") or 0)
-    bad: list[str] = []
-    for order in (lambda r: (r["record_id"], r["uri"]), _order):
-        ordered = sorted(rows, key=order)
-        chunks = [_shard_spec(shard_name(k), [{c: r.get(c) for c in ITEM_FIELDS} for r in ordered[i:i + shard_size]],
-                              input_root) for k, i in enumerate(range(0, len(ordered), shard_size))]
-        bad = sorted(k for k, m in commits.items()
-                     if int(k) >= len(chunks) or chunks[int(k)]["record_hash"] != m.get("record_hash"))
-        if not bad:
-            return {c["shard"]: {"record_hash": c["record_hash"], "records": [r["record_key"] for r in c["items"]],
-                                 "fingerprints": [], "run_id": old.get("run_id")}
-                    for k, c in enumerate(chunks) if k < n_old or c["shard"] in commits}
-    raise PipelineError(f"cannot resume into {root}: the input changed since the previous run (shards "
-                        f"{_few(bad)} hold other records now), and this output was written by an older ecgray that "
-                        "did not record which records each shard holds, so records cannot be added to it; "
-                        "use --overwrite to start again")
-
-
-def _plan_resume(root: str, rows: list[dict], input_root: str, shard_size: int, old: dict, commits: dict,
-                 run_id: str) -> tuple[list[dict], dict, dict]:
-    """Continue the plan of ``old`` (the previous manifest) on the catalog ``rows`` now.
-
-    Committed shards are kept untouched; their records must still be in the input, unchanged
-    (:func:`~ecgray.store.record_fingerprint`), else :class:`PipelineError`. Unfinished shards of the
-    previous plan run again under their number when all their records are still there and in no committed
-    shard (a late commit of the run that planned them holds the same records); every other record (added, or
-    from an unfinished shard that lost a record) goes into new shards, ``shard_size`` consecutive records in
-    (record_id, record_key) order, numbered after every shard planned so far. Returns ``(shards, plan,
-    report)``: all shards in shard order (committed ones without ``items``), the manifest's new plan, and what
-    the resume did.
-    """
-    now = {r["record_key"]: r for r in rows}
-    prev = old.get("shards")
-    legacy = not isinstance(prev, dict)
-    if legacy:
-        prev = _legacy_plan(root, rows, input_root, shard_size, old, commits)
-    done: dict[str, str] = {}
-    for k, m in sorted(commits.items()):
-        entry = prev.get(k)
-        if entry is None or entry.get("record_hash") != m.get("record_hash"):
-            raise PipelineError(f"cannot resume into {root}: committed shard {k} (written by run {m.get('run_id')}) "
-                                "is not the shard its manifest planned (a run that wrote into this output without "
-                                "holding its lock?); use --overwrite to start again")
-        for key in entry.get("records") or []:
-            if key in done:
-                raise PipelineError(f"cannot resume into {root}: record {key} is in two committed shards ({done[key]} "
-                                    f"and {k}); use --overwrite to start again")
-            done[key] = k
-    fps = {key: record_fingerprint(r) for key, r in now.items()}
-    removed = sorted(key for key in done if key not in now)
-    changed = sorted(key for k in commits for key, fp in zip(prev[k]["records"], prev[k].get("fingerprints") or [])
-                     if key in now and fps[key] != fp)
-    if removed or changed:
-        what = []
-        if removed:
-            what.append(f"{len(removed)} record(s) of committed shards are gone ({_few(removed)})")
-        if changed:
-            what.append(f"{len(changed)} record(s) of committed shards changed ({_few(changed)})")
-        raise PipelineError(f"cannot resume into {root}: the input changed since the previous run: {'; '.join(what)}. "
-                            "--resume adds records but never rewrites committed shards; restore those records or "
-                            "use --overwrite to start again")
-    planned = set(done)
-    rerun = []
-    for k in sorted((k for k in prev if k not in commits), key=int):
-        keys = prev[k].get("records") or []
-        if keys and all(key in now and key not in planned for key in keys):
-            spec = _shard_spec(k, [{c: now[key].get(c) for c in ITEM_FIELDS} for key in keys], input_root)
-            if spec["record_hash"] == prev[k].get("record_hash"):
-                rerun.append(spec)
-                planned.update(keys)
-    start = max([int(k) + 1 for k in list(prev) + list(commits)] + [int(old.get("next_shard") or 0)])
-    new = plan_shards([r for key, r in now.items() if key not in planned], input_root, shard_size, start=start)
-    plan = {}
-    for k, m in commits.items():
-        entry = dict(prev[k])
-        if not entry.get("fingerprints"):  # an older output: the records as they are now
-            entry["fingerprints"] = [fps[key] for key in entry["records"]]
-        entry["run_id"] = entry.get("run_id") or m.get("run_id")
-        plan[k] = entry
-    for s in rerun + new:
-        plan[s["shard"]] = _plan_entry(s, fps, run_id)
-    committed = [{"shard": k, "record_hash": m.get("record_hash"), "items": None} for k, m in commits.items()]
-    shards = sorted(committed + rerun + new, key=lambda s: int(s["shard"]))
-    before = {key for e in prev.values() for key in e.get("records") or []}
-    n_new = sum(1 for s in new for r in s["items"] if r["record_key"] not in before)
-    report = {"committed_shards": len(commits), "committed_records": len(done),
-              "unfinished_shards": [s["shard"] for s in rerun], "new_records": n_new,
-              "replanned_records": sum(len(s["items"]) for s in new) - n_new,
-              "new_shards": [s["shard"] for s in new], "next_shard": start + len(new), "legacy_output": legacy}
-    return shards, plan, report
 
 
 LOCAL_OBJECT_STORE_MB = 256
@@ -396,10 +194,10 @@ def run(input: str, output: str, config: RunConfig | None = None, *, resume: boo
     if old is None:
         shards = plan_shards(rows, input, cfg.shard_size)
         fps = {r["record_key"]: record_fingerprint(r) for r in rows}
-        plan = {s["shard"]: _plan_entry(s, fps, run_id) for s in shards}
+        plan = {s["shard"]: plan_entry(s, fps, run_id) for s in shards}
         report, next_shard = {}, len(shards)
     else:
-        shards, plan, report = _plan_resume(store.root, rows, input, cfg.shard_size, old, commits, run_id)
+        shards, plan, report = plan_resume(store.root, rows, input, cfg.shard_size, old, commits, run_id)
         next_shard = report["next_shard"]
     todo = [s for s in shards if s["shard"] not in commits]
     runs = list(old.get("runs") or [{"run_id": old.get("run_id")}]) if old else []
@@ -418,7 +216,7 @@ def run(input: str, output: str, config: RunConfig | None = None, *, resume: boo
                  f" ({report['new_shards'][0]}..{report['new_shards'][-1]})" if report["new_shards"] else "")
     summary = RunSummary(run_id=run_id, output=str(output), records=cat.num_rows, shards=len(shards),
                          shards_skipped=len(shards) - len(todo), beats=cfg.beats)
-    summary.resume = report  # {} for a new plan; see _plan_resume
+    summary.resume = report  # {} for a new plan; see plan_resume
     summary.skipped = skipped
     for m in commits.values():
         summary.records_ok += int(m.get("records_ok", 0))
