@@ -179,7 +179,7 @@ def build_template(t: int, n: int = SHARD, methods=SYN_METHODS, seed: int = 0) -
     from ecgray.explain import ExplainConfig, per_lead_tables, records_table
     from ecgray.pipeline.stages import _beats_tables
     from ecgray.models.ribeiro2020 import CLASSES
-    from schemas.tables import conform, from_rows
+    from ecgray.schemas.tables import conform, from_rows
 
     import pyarrow as pa
 

@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pyarrow as pa
 
-from schemas.tables import SchemaError, check_classes, conform, from_rows
+from ecgray.schemas.tables import SchemaError, check_classes, conform, from_rows
 
 from .attribution import attribute
 from .errors import ECGError, ModelError, redact
@@ -217,7 +217,7 @@ def _leads(cfg: ExplainConfig, n_leads: int) -> tuple[str, ...]:
 def require_table_layout(model) -> ModelSpec:
     """The model's spec (:func:`~ecgray.models.spec.spec_of`), checked against what the output tables
     can hold: any geometry, leads and classes, as long as every class can name a ``records`` column
-    (:func:`schemas.tables.check_classes`); :class:`ModelError` otherwise."""
+    (:func:`ecgray.schemas.tables.check_classes`); :class:`ModelError` otherwise."""
     spec = spec_of(model)
     try:
         check_classes(spec.classes)

@@ -44,7 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ecgray.io import is_s3, open_fs
-from schemas.tables import SCHEMA_VERSION, empty
+from ecgray.schemas.tables import SCHEMA_VERSION, empty
 
 TABLE_NAMES = ("records", "relevance_summary", "beats", "beats_relevance", "errors", "relevance")
 MANIFEST = "_manifest.json"
@@ -295,7 +295,7 @@ def read_table(output: str, name: str, *, columns: list[str] | None = None) -> p
     Shards without a commit marker (a run that crashed or is still running)
     are ignored. Returns an empty table of the schema when nothing is committed.
     """
-    from schemas.tables import record_classes, schema
+    from ecgray.schemas.tables import record_classes, schema
 
     store = Store(output)
     parts = []

@@ -6,7 +6,7 @@ import torch
 
 from ecgray.explain import ExplainConfig, explain
 from ecgray.leads import STANDARD_LEADS as LEADS
-from schemas.tables import schema
+from ecgray.schemas.tables import schema
 
 
 @pytest.fixture(scope="module")

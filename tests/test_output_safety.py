@@ -104,7 +104,7 @@ def test_staged_write_is_atomic(tmp_path, monkeypatch):
     import pyarrow.parquet as pq
 
     from ecgray.pipeline import Store, read_table
-    from schemas.tables import from_rows
+    from ecgray.schemas.tables import from_rows
 
     store = Store(str(tmp_path / "out"))
     errs = lambda rid: from_rows("errors", [{"run_id": "r", "record_key": rid, "record_id": rid, "uri": "u", "stage": "read",  # noqa

@@ -15,7 +15,7 @@ import pytest
 from ecgray import reduce as R
 from ecgray.leads import STANDARD_LEADS as LEADS
 from ecgray.models.ribeiro2020 import CLASSES
-from schemas.tables import SCHEMA_VERSION, conform, schema
+from ecgray.schemas.tables import SCHEMA_VERSION, conform, schema
 from tests.s3util import moto_server, s3_bucket_with, s3_env  # noqa: F401  (fixtures)
 
 METHODS = ("integrated_gradients", "saliency")

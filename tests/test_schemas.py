@@ -1,7 +1,7 @@
 import pyarrow as pa
 import pytest
 
-from schemas.tables import SCHEMA_VERSION, TABLES, SchemaError, conform, empty, from_rows, schema
+from ecgray.schemas.tables import SCHEMA_VERSION, TABLES, SchemaError, conform, empty, from_rows, schema
 
 
 def test_every_table_has_name_and_version_metadata():
@@ -50,7 +50,7 @@ def test_records_columns_follow_the_model_classes():
     file metadata; conform reads the classes off the columns."""
     import json
 
-    from schemas.tables import check_classes, record_classes
+    from ecgray.schemas.tables import check_classes, record_classes
 
     s = schema("records", ("NORM", "AF", "LBBB"))
     cls_cols = [n for n in s.names if n.startswith(("label_", "prob_")) and n not in ("label_normal", "label_scheme")]
@@ -65,3 +65,17 @@ def test_records_columns_follow_the_model_classes():
     for bad in (("Normal",), ("SCHEME",), ("AF", "af"), ("",)):
         with pytest.raises(SchemaError):
             check_classes(bad)
+
+
+def test_schemas_install_under_the_ecgray_name():
+    """The top-level schemas/ folder installs as ``ecgray.schemas`` (never as a generic top-level ``schemas``
+    package), and every package of ecgray/ is in the explicit package list of pyproject.toml."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert cfg["package-dir"] == {"ecgray.schemas": "schemas"}
+    on_disk = {".".join(p.parent.relative_to(root).parts) for p in (root / "ecgray").rglob("__init__.py")}
+    assert set(cfg["packages"]) == on_disk | {"ecgray.schemas"}
+    assert "schemas" not in cfg["packages"]

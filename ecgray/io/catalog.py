@@ -53,6 +53,8 @@ from ecgray.io.fs import is_s3, open_fs, to_uri
 from ecgray.io.labels import Labels, LabelTable, from_dx, read_labels_csv
 from ecgray.io.labels import resolve_labels
 from ecgray.io import wfdb as wfdb_io
+from ecgray.io.wfdb_header import (decode_header, guess_dataset, header_fields, n_segments, named_files,
+                                   record_line_facts)
 from ecgray.models.ribeiro2020 import CLASSES, LEADS
 
 LABEL_COLUMNS = tuple(f"label_{c}" for c in CLASSES)
@@ -215,9 +217,9 @@ def _wfdb_rows(uri_root: str, fs, heads: list[str], files: dict, table: LabelTab
         for h in chunk:
             data = texts.get(h)
             if isinstance(data, bytes):
-                text = wfdb_io.decode_header(data)
-                if wfdb_io.n_segments(text) is not None:
-                    segments.update(posixpath.join(posixpath.dirname(h), n) for n in wfdb_io.named_files(text))
+                text = decode_header(data)
+                if n_segments(text) is not None:
+                    segments.update(posixpath.join(posixpath.dirname(h), n) for n in named_files(text))
         with tempfile.TemporaryDirectory(prefix="ecgray-cat-") as tmp:  # one per chunk: cheaper than per row
             for i, h in enumerate(chunk):
                 if h in segments:
@@ -240,10 +242,10 @@ def _wfdb_row(uri_root: str, fs, hea: str, data, by_folder: dict, table: LabelTa
     named: set[str] = set()
     try:
         d = wfdb_io.describe(src, name, name, tmp, named=named, files_checked=False)
-        meta, dx = wfdb_io.header_fields(d.comments)
+        meta, dx = header_fields(d.comments)
         header_labels = from_dx(dx) if dx else Labels.none()
         row.update(  # header facts, kept when a signal file check fails below
-            dataset=wfdb_io.guess_dataset(name, posixpath.basename(folder), header_labels.scheme),
+            dataset=guess_dataset(name, posixpath.basename(folder), header_labels.scheme),
             fs=float(d.fs), n_samples=d.n_samples, n_leads=len(d.leads), leads=[str(s) for s in d.leads],
         )
         labels, _ = resolve_labels(header_labels, [name], None, table)
@@ -254,7 +256,7 @@ def _wfdb_row(uri_root: str, fs, hea: str, data, by_folder: dict, table: LabelTa
     except Exception as e:  # never drop a record: an unexpected failure is an error row too
         _error(row, ReadError(name, f"{type(e).__name__}: {e}", error_type="unreadable"))
     if row["error"] and row["fs"] is None and isinstance(data, bytes):  # what the record line still tells
-        facts = wfdb_io.record_line_facts(wfdb_io.decode_header(data))
+        facts = record_line_facts(decode_header(data))
         row.update(fs=facts["fs"], n_samples=facts["sig_len"], n_leads=facts["n_sig"])
     referenced.update(posixpath.join(folder, n) for n in named)
     return row

@@ -11,7 +11,7 @@ Read policy:
   (little-endian int16) as ``physical = pmin + (digital - dmin) *
   (pmax - pmin) / (dmax - dmin)``, exactly the EDF definition, then
   converted to float32 mV with the physical dimension (``uV``/``µV`` /1000,
-  ``mV`` x1, ``V`` x1000, ``nV`` /1e6; :data:`ecgray.io.wfdb.UNIT_SCALE`).
+  ``mV`` x1, ``V`` x1000, ``nV`` /1e6; :data:`ecgray.io.wfdb_header.UNIT_SCALE`).
   ``wfdb.io.convert.edf.read_edf`` (wfdb 4.3.1) is *not* used for the data:
   its conversion is off by up to 1 LSB (baseline ``dmax - pmax*gain + 1``,
   truncated), it counts an EDF+ annotation channel as a signal (the record's
@@ -65,7 +65,7 @@ from ecgray.errors import ReadError
 from ecgray.io.fs import is_s3, open_fs
 from ecgray.io.labels import Labels
 from ecgray.io.record import Record
-from ecgray.io.wfdb import UNIT_SCALE, fetch_error
+from ecgray.io.wfdb_header import UNIT_SCALE, fetch_error
 
 FORMAT = "edf"
 ANNOTATIONS_LABEL = "EDF Annotations"

@@ -69,11 +69,10 @@ from ecgray.errors import ReadError
 from ecgray.io.fs import is_s3, open_fs
 from ecgray.io.labels import Labels, from_dx
 from ecgray.io.record import Record
-from ecgray.io.wfdb_header import (  # noqa: F401  (re-exported: ecgray.io.catalog and edf use them)
-    BYTES_PER_SAMPLE, DATASET_PATTERNS, UNIT_SCALE, _SAFE_EXT, _alias_text, _units_and_names, channel_problems,
-    check_header, check_signal_files, check_text, comment_lines, decode_header, expected_sizes, fetch_error,
-    guess_dataset, header_fields, max_skew, n_segments, named_files, record_base, record_line_facts, signal_files,
-    spec_lines,
+from ecgray.io.wfdb_header import (
+    BYTES_PER_SAMPLE, UNIT_SCALE, _SAFE_EXT, _alias_text, _units_and_names, channel_problems, check_header,
+    check_signal_files, check_text, comment_lines, decode_header, fetch_error, guess_dataset, header_fields,
+    max_skew, n_segments, named_files, record_base, signal_files, spec_lines,
 )
 
 

@@ -15,7 +15,7 @@ from ecgray.io.catalog import skipped_files
 from ecgray.models import load_model, model_id
 from ecgray.models.spec import ModelSpec
 from ecgray.store import KNOWN_ENTRIES, LOCK, PipelineError, Store, record_fingerprint
-from schemas.tables import SCHEMA_VERSION
+from ecgray.schemas.tables import SCHEMA_VERSION
 
 from . import stages
 from .config import RunConfig

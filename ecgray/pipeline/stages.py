@@ -29,7 +29,7 @@ from types import SimpleNamespace
 import numpy as np
 import pyarrow as pa
 
-from schemas.tables import conform, empty, from_rows
+from ecgray.schemas.tables import conform, empty, from_rows
 
 from . import codec
 
@@ -259,7 +259,7 @@ def _lists(values: np.ndarray, valid: np.ndarray) -> pa.Array:
 def row_scale(values: np.ndarray) -> np.ndarray:
     """Power-of-two scale of each row of ``(N, K)`` ``values``: ``2**ceil(log2(max |v|))`` (1 for rows that are
     all zero or non-finite), so ``values / scale`` lies in [-1, 1] and keeps float16's relative precision down
-    to 2**-14 of the row's largest value (``schemas.tables.BEAT_PRECISION``)."""
+    to 2**-14 of the row's largest value (``ecgray.schemas.tables.BEAT_PRECISION``)."""
     a = np.where(np.isfinite(values), np.abs(values), 0.0).max(axis=1) if values.size else np.zeros(len(values))
     with np.errstate(divide="ignore"):
         e = np.where(a > 0, np.ceil(np.log2(np.where(a > 0, a, 1.0))), 0.0)

@@ -19,7 +19,7 @@ targets x groups x leads x offsets), not of records; time is linear in the
 number of shards. ``use_ray=True`` computes the partials in Ray tasks so that no
 machine holds the data set. Within a shard every aggregation is a Polars
 ``group_by``/``agg`` or a NumPy reduction over the list columns, no loop over
-rows. Schemas of the outputs: ``schemas.tables.TABLES`` (``class_probability``,
+rows. Schemas of the outputs: ``ecgray.schemas.tables.TABLES`` (``class_probability``,
 ``class_probability_points``, ``lead_relevance``, ``beat_relevance``,
 ``wave_relevance``).
 
@@ -66,7 +66,7 @@ Definitions
   over records lies above / below 0, else ``"0"``.
 * beats: ``beats_relevance`` rows join their window's ``beats`` row on
   ``(record_key, window, lead)``; the relevance is ``relevance * relevance_scale``
-  (stored precision: ``schemas.tables.BEAT_PRECISION``); rows with null lists or
+  (stored precision: ``ecgray.schemas.tables.BEAT_PRECISION``); rows with null lists or
   ``n_beats`` 0 are skipped, and so are single offsets whose signal or relevance
   is NaN. Offsets: ``offset_start_ms + i * offset_step_ms`` (as float32).
 
@@ -81,7 +81,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from ecgray.io.fs import fs_path, is_s3, join, open_fs, pyarrow_fs, storage_options
-from schemas.tables import conform
+from ecgray.schemas.tables import conform
 
 from .common import (GROUPS, KEY, LABELLED_GROUPS, OUTCOMES, REDUCED_TABLES, UNLABELLED_GROUPS, WAVES,
                      committed_files, committed_shard_files, scan_table)

@@ -5,7 +5,7 @@ import polars as pl
 
 from ecgray.io.fs import storage_options
 from ecgray.store import committed_table_files
-from schemas.tables import READABLE_VERSIONS
+from ecgray.schemas.tables import READABLE_VERSIONS
 
 WAVES: dict[str, tuple[float, float]] = {"P": (-250.0, -100.0), "QRS": (-50.0, 60.0), "T": (120.0, 400.0)}
 #: groups of labelled records, then of unlabelled ones (null ``label_<target>``; split by the predicted class)
@@ -22,7 +22,7 @@ KEY = ("record_key", "window")
 def committed_shard_files(output: str) -> list[dict[str, str]]:
     """One ``{table: path or URI}`` per committed shard of ``output`` (shard order)
     (:func:`ecgray.store.committed_table_files`); ValueError for a shard whose schema version this
-    reducer cannot read (:data:`schemas.tables.READABLE_VERSIONS`)."""
+    reducer cannot read (:data:`ecgray.schemas.tables.READABLE_VERSIONS`)."""
     return committed_table_files(output, readable=READABLE_VERSIONS)
 
 

@@ -7,7 +7,7 @@ import polars as pl
 
 from ecgray.io.fs import is_s3, storage_options
 from ecgray.leads import STANDARD_LEADS
-from schemas.tables import empty
+from ecgray.schemas.tables import empty
 
 from .common import WAVES
 from .partials import Accumulator

@@ -10,7 +10,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from ecgray.io.fs import fs_path, is_s3, join, pyarrow_fs
-from schemas.tables import conform, empty, record_classes
+from ecgray.schemas.tables import conform, empty, record_classes
 
 from .common import UNLABELLED_GROUPS, WAVES
 from .stats import _moments_np, merge_moments

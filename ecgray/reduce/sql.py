@@ -4,7 +4,7 @@ from __future__ import annotations
 import polars as pl
 
 from ecgray.io.fs import storage_options
-from schemas.tables import record_classes
+from ecgray.schemas.tables import record_classes
 
 from .common import UNLABELLED_GROUPS, committed_files
 from .stats import Z95
