@@ -56,12 +56,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ecgray.leads import STANDARD_LEADS
+from ecgray.models.ribeiro2020 import CLASSES
+
 SNOMED = {"normal": "426783006", "SB": "426177001", "ST": "427084000", "AF": "164889003",
           "LBBB": "164909002", "1dAVb": "270492004", "RBBB": "59118001"}
 LEAD_NAMES = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
-MODEL_LEADS = ("DI", "DII", "DIII", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6")
+MODEL_LEADS = STANDARD_LEADS  # the model input order (Ribeiro et al. 2020)
 KINDS = ("normal", "AF", "LBBB", "1dAVb", "SB", "ST")
-CLASSES = ("1dAVb", "RBBB", "LBBB", "SB", "AF", "ST")
 LBBB_QRS_LEADS = ("DI", "AVL", "V1", "V2", "V5", "V6")
 LBBB_T_LEADS = ("DI", "AVL", "V1", "V5", "V6")
 TRUTH_FEATURES = ("P", "QRS", "T", "f_wave", "no_P")

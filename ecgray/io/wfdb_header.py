@@ -12,8 +12,7 @@ import numpy as np
 from wfdb.io._signal import BYTES_PER_SAMPLE, COMPRESSED_FMTS, _required_byte_num
 
 from ecgray.errors import ReadError
-
-UNIT_SCALE = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "nv": 1e-6, "v": 1e3}
+from ecgray.units import UNIT_SCALE  # the one table of units
 
 # PhysioNet/CinC Challenge 2020/21 record-name prefixes, and PTB-XL's own names.
 # (INCART ``I01`` and PTB ``S0001`` are left out: too easily confused with other names,

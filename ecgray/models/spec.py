@@ -31,9 +31,11 @@ import torch
 
 from ecgray.errors import ModelError
 from ecgray.leads import canonical_lead
+from ecgray.units import UNIT_SCALE
 
 ACTIVATIONS = ("sigmoid", "softmax")
-UNITS = {"mv": 1.0, "uv": 1e3, "µv": 1e3, "v": 1e-3}  # input per mV
+#: the units a model's input can be in: mV, uV (µV) or V (scale: :data:`ecgray.units.UNIT_SCALE`)
+INPUT_UNITS = ("mv", "uv", "µv", "v")
 NORMALISATIONS = ("none", "zscore")
 TARGETS = ("logit",)
 
@@ -74,7 +76,7 @@ class ModelSpec:
             problems.append(f"classes must be distinct non-empty names, got {list(self.classes)}")
         if self.activation not in ACTIVATIONS:
             problems.append(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
-        if str(self.units).lower() not in UNITS:
+        if str(self.units).lower() not in INPUT_UNITS:
             problems.append(f"units must be mV, uV or V, got {self.units!r}")
         if self.normalisation not in NORMALISATIONS:
             problems.append(f"normalisation must be one of {NORMALISATIONS}, got {self.normalisation!r}")
@@ -118,7 +120,7 @@ class ModelSpec:
         """A ``(n_samples, leads)`` window in mV as the model's input (units, normalisation); the
         window itself when both are the identity (mV, none)."""
         x = window_mv
-        scale = UNITS[str(self.units).lower()]
+        scale = 1.0 / UNIT_SCALE[str(self.units).lower()]  # input units per mV
         if scale != 1.0:
             x = (np.asarray(x, np.float64) * scale).astype(np.float32)
         if self.normalisation == "zscore":
