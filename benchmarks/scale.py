@@ -9,8 +9,8 @@ Not a timed test: it writes JSON under ``benchmarks/results/`` with the machine 
 * ``synthetic`` (``scale_reduce.json``): schema-valid pipeline outputs (SCHEMA_VERSION 3) with the pipeline's
   cardinalities, 2 methods (saliency, integrated_gradients) x 6 targets x 12 leads, at each of ``--sizes``
   records, one window per record. A few distinct 32-record shard templates are built with the pipeline's own
-  row builders (``ecgray.explain.records_table`` / ``per_lead_tables`` on random full relevance (N, 6, 12, 4096)
-  and ``ecgray.pipeline.stages._beats_tables`` -- float16 lists, power-of-two ``row_scale`` -- on smooth
+  row builders (``ecgray.tables.records_table`` / ``per_lead_tables`` on random full relevance (N, 6, 12, 4096)
+  and ``ecgray.tables.beats_tables`` -- float16 lists, power-of-two ``row_scale`` -- on smooth
   synthetic average beats, ~2 % windows without beats); every shard cycles the templates with its own unique
   ``record_key`` / ``record_id`` / ``uri`` and is written with ``Store.write_shard`` (Parquet zstd + commit
   marker, exactly as the pipeline). ``ecgray.reduce.reduce(output, write=True, stream_points=True)`` (what ``ecgray reduce`` runs) then runs in a
@@ -176,8 +176,8 @@ def _gauss(t, mu, sd):
 def build_template(t: int, n: int = SHARD, methods=SYN_METHODS, seed: int = 0) -> dict:
     """One shard's tables (``records``, ``relevance_summary``, ``beats``, ``beats_relevance``, ``errors``)
     built with the pipeline's row builders; record keys ``tmpl<t>/r<i>`` (replaced per shard)."""
-    from ecgray.explain import ExplainConfig, per_lead_tables, records_table
-    from ecgray.pipeline.stages import _beats_tables
+    from ecgray.explain import ExplainConfig
+    from ecgray.tables import beats_tables, per_lead_tables, records_table
     from ecgray.models.ribeiro2020 import CLASSES
     from ecgray.schemas.tables import conform, from_rows
 
@@ -233,7 +233,7 @@ def build_template(t: int, n: int = SHARD, methods=SYN_METHODS, seed: int = 0) -
                                heart_rate_bpm=float(rng.normal(75, 15)) if ok else float("nan"))
 
     p = {"attrs": attrs, "recs": recs, "wins": wins, "x": np.zeros((n, 1), np.float32)}
-    tables.update(_beats_tables("synthetic-run", cfg, p, fake_average_beats))
+    tables.update(beats_tables("synthetic-run", cfg, p, fake_average_beats))
     tables["errors"] = from_rows("errors", [])
     return {name: conform(tbl, name) for name, tbl in tables.items()}
 

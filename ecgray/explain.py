@@ -7,7 +7,7 @@ Three plain stages that the CLI, notebooks and the Ray pipeline share:
   exception;
 * :func:`explain_windows` — probabilities and relevance for a batch of windows,
   every requested method and target, as the ``records``, ``relevance_summary``
-  and (optionally) ``relevance`` tables;
+  and (optionally) ``relevance`` tables (built by :mod:`ecgray.tables`);
 * :func:`explain` — both, over a list of record URIs.
 """
 from __future__ import annotations
@@ -20,25 +20,20 @@ from typing import Iterable, Sequence
 import numpy as np
 import pyarrow as pa
 
-from ecgray.schemas.tables import SchemaError, check_classes, conform, from_rows
+from ecgray.schemas.tables import SchemaError, check_classes, from_rows
 
 from .attribution import attribute
 from .errors import ECGError, ModelError, redact
 from .io import read_record
-from .io.labels import label_of
-from .leads import canonical_lead
 from .models.spec import RIBEIRO2020, ModelSpec, spec_of
 from .preprocess import preprocess
+from .tables import key_of, per_lead_tables, records_table, table_leads
 
 
 def new_run_id() -> str:
     """A short unique id for a run (stored in every output row)."""
     return uuid.uuid4().hex[:12]
 
-
-def key_of(rec) -> str:
-    """The record key of a record (or record metadata): its ``record_key``, else its URI."""
-    return getattr(rec, "record_key", "") or str(rec.uri)
 
 
 def error_row(run_id: str, record_id: str | None, uri: str | None, exc: BaseException, stage: str = "read",
@@ -119,99 +114,6 @@ class ExplainConfig:
     def leads(self) -> tuple[str, ...]:
         """The model's leads as the tables name them (canonical: ``DI``, ``DII``, ..., ``V6``)."""
         return table_leads(self.spec)
-
-
-def table_leads(spec: ModelSpec) -> tuple[str, ...]:
-    """The leads of ``spec`` in its order, by their canonical names (the ``lead`` values of every table)."""
-    return tuple(canonical_lead(x) for x in spec.leads)
-
-
-def _n_samples(rec) -> int:
-    """Samples of a record as read (``n_samples_in``): ``rec.n_samples`` (an :class:`ecgray.io.Record`, or
-    record metadata without the signal, ``ecgray.pipeline.stages._record_meta``)."""
-    return int(rec.n_samples)
-
-
-def records_table(run_id: str, cfg: ExplainConfig, items: list[tuple[object, object]], probs: np.ndarray) -> pa.Table:
-    """The ``records`` table of ``(record, window)`` pairs with the model's probabilities ``probs (N, C)``
-    (``C``: the classes of ``cfg.spec``, one ``label_<class>`` and ``prob_<class>`` column each).
-    Of a record it reads ``record_key`` (else ``uri``), ``record_id``, ``uri``, ``dataset``, ``format``,
-    ``fs``, ``n_samples`` (see :func:`_n_samples`; never the signal itself) and ``labels``; of a window
-    ``window``, ``offset`` and ``flags``. ``label_<class>``: :func:`ecgray.io.labels.label_of` (null
-    when the labels do not say, e.g. a class the readers do not know, or a record without labels)."""
-    classes = cfg.classes
-    if probs.shape[1:] != (len(classes),):
-        raise ValueError(f"probabilities of shape {probs.shape} for {len(classes)} classes {list(classes)}")
-    rows = []
-    for (rec, w), p in zip(items, probs):
-        lab = rec.labels
-        known = lab.scheme != "none"  # scheme "none" (no labels at all, e.g. MIMIC-IV-ECG): labels null, not False
-        row = {
-            "run_id": run_id, "model": cfg.model_name, "model_id": cfg.model_id,
-            "record_key": key_of(rec), "record_id": rec.record_id, "window": int(w.window), "uri": rec.uri,
-            "dataset": rec.dataset, "format": rec.format, "fs_in": float(rec.fs),
-            "n_samples_in": _n_samples(rec), "window_offset": int(w.offset), "flags": list(w.flags),
-            "label_normal": bool(lab.normal) if known else None, "raw_codes": list(lab.raw),
-            "label_scheme": lab.scheme,
-        }
-        for c in classes:
-            row[f"label_{c}"] = label_of(lab, c)
-        for i, c in enumerate(classes):
-            row[f"prob_{c}"] = float(p[i])
-        rows.append(row)
-    return from_rows("records", rows, classes)
-
-
-def per_lead_tables(run_id: str, cfg: ExplainConfig, items, attr, method: str, classes: Sequence[str]) -> dict[str, pa.Table]:
-    """Vectorised ``relevance_summary`` (and ``relevance``) rows for one attribution result."""
-    r = attr.relevance  # (N, T, 12, L)
-    n, t, n_leads, length = r.shape
-    class_index = [list(classes).index(tg) for tg in attr.targets]
-    prob = attr.probabilities[:, class_index]  # (N, T)
-    delta = attr.delta if attr.delta is not None else np.full((n, t), np.nan, np.float32)
-    rep = t * n_leads
-    cols = {
-        "run_id": pa.array([run_id] * (n * rep)),
-        "model": pa.array([cfg.model_name] * (n * rep)),
-        "model_id": pa.array([cfg.model_id] * (n * rep)),
-        "record_key": pa.array(np.repeat([key_of(rec) for rec, _ in items], rep)),
-        "record_id": pa.array(np.repeat([rec.record_id for rec, _ in items], rep)),
-        "window": pa.array(np.repeat([w.window for _, w in items], rep).astype(np.int32)),
-        "method": pa.array([method] * (n * rep)),
-        "target": pa.array(np.tile(np.repeat(list(attr.targets), n_leads), n)),
-        "output": pa.array([cfg.output] * (n * rep)),
-        "lead": pa.array(np.tile(_leads(cfg, n_leads), n * t)),
-    }
-    per_row = lambda a: np.repeat(np.asarray(a, np.float32).reshape(n * t), n_leads)  # noqa: E731
-    summary = dict(cols)
-    summary.update(
-        probability=per_row(prob),
-        mean=r.mean(-1, dtype=np.float64).astype(np.float32).ravel(),
-        mean_pos=np.clip(r, 0, None).mean(-1, dtype=np.float64).astype(np.float32).ravel(),
-        mean_neg=np.clip(r, None, 0).mean(-1, dtype=np.float64).astype(np.float32).ravel(),
-        sum=r.sum(-1, dtype=np.float64).astype(np.float32).ravel(),
-        abs_sum=np.abs(r).sum(-1, dtype=np.float64).astype(np.float32).ravel(),
-        delta=per_row(delta),
-    )
-    out = {"relevance_summary": conform(pa.table(summary), "relevance_summary")}
-    if cfg.keep_relevance:
-        full = dict(cols)
-        flat = np.ascontiguousarray(r, dtype=np.float32).reshape(-1)
-        full.update(
-            window_offset=pa.array(np.repeat([w.offset for _, w in items], rep).astype(np.int64)),
-            probability=per_row(prob),
-            delta=per_row(delta),
-            relevance=pa.FixedSizeListArray.from_arrays(flat, length).cast(pa.list_(pa.float32())),
-        )
-        out["relevance"] = conform(pa.table(full), "relevance")
-    return out
-
-
-def _leads(cfg: ExplainConfig, n_leads: int) -> tuple[str, ...]:
-    leads = cfg.leads
-    if len(leads) != n_leads:
-        raise ValueError(f"relevance of {n_leads} leads for a model of {len(leads)} leads {list(leads)}")
-    return leads
 
 
 def require_table_layout(model) -> ModelSpec:

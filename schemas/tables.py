@@ -242,7 +242,7 @@ TABLES.update({
 })
 
 
-#: How ``beats`` and ``beats_relevance`` store their lists (``ecgray.pipeline.stages``): signal as float16 (relative
+#: How ``beats`` and ``beats_relevance`` store their lists (``ecgray.tables.beats_tables``): signal as float16 (relative
 #: error <= 2**-11, i.e. < 0.05 %, about 1 uV at 2 mV); relevance divided by a power-of-two row scale, then float16:
 #: relative error <= 2**-11 for values >= 2**-14 of the row's largest |value|, absolute error <= 2**-25 of it below.
 #: The tables derived from them (beat_relevance, wave_relevance) average these values; all other tables are float32.

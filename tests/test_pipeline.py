@@ -326,6 +326,7 @@ def test_beats_layout_with_stand_in(cpsc_dir):
     from ecgray.attribution import attribute
     from ecgray.explain import ExplainConfig, prepare
     from ecgray.pipeline import stages
+    from ecgray.tables import beats_tables
 
     net = small_model()
     calls = []
@@ -352,7 +353,7 @@ def test_beats_layout_with_stand_in(cpsc_dir):
     x = np.stack(xs)
     attrs = {m: attribute(net, x, targets=["AF", "LBBB"], method=m) for m in ("saliency", "input_x_gradient")}
     cfg = ExplainConfig(model_name="tiny", model_id="abc", methods=tuple(attrs), targets=["AF", "LBBB"])
-    out = stages._beats_tables("r", cfg, {"recs": recs, "wins": wins, "x": x, "attrs": attrs}, fake_average_beats)
+    out = beats_tables("r", cfg, {"recs": recs, "wins": wins, "x": x, "attrs": attrs}, fake_average_beats)
     beats, brel = out["beats"], out["beats_relevance"]
     assert beats.num_rows == 2 * 12 and brel.num_rows == 2 * 2 * 2 * 12
     assert [c[1] for c in calls] == [(2, 2, 12, 4096)] * 2
@@ -373,7 +374,7 @@ def test_beats_layout_with_stand_in(cpsc_dir):
     # a padded window: valid = the unpadded part
     w = SimpleNamespace(record_key="P", record_id="P", window=0, offset=-596, n_resampled=2904)
     calls.clear()
-    stages._beats_tables("r", cfg, {"recs": recs[:1], "wins": [w], "x": x[:1],
+    beats_tables("r", cfg, {"recs": recs[:1], "wins": [w], "x": x[:1],
                                     "attrs": {m: a for m, a in attrs.items()}}, fake_average_beats)
     assert calls[0][5] == (596, 3500)
 

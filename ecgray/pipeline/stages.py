@@ -28,15 +28,20 @@ from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
+import torch
 
-from ecgray.schemas.tables import conform, empty, from_rows
+from ecgray.attribution import attribute
+from ecgray.explain import error_row, prepare
+from ecgray.models import load_model
+from ecgray.models.spec import RIBEIRO2020
+from ecgray.preprocess import resample_factors
+from ecgray.schemas.tables import empty, from_rows
+from ecgray.store import Store
+from ecgray.tables import beats_tables, per_lead_tables, records_table
 
 from . import codec
 
 log = logging.getLogger("ecgray.pipeline")
-
-BEAT_LEAD = "DII"  # R-peaks on lead II (canonical name), else the model's first lead (ecgray.beats falls back by quality)
-BEAT_WINDOW_MS = (-300, 500)
 
 
 # --------------------------------------------------------------------------- row (de)serialisation
@@ -104,8 +109,6 @@ def _record_meta(rec) -> SimpleNamespace:
 
 
 def _n_resampled(n: int, fs_in: float, fs_out: float) -> int:
-    from ecgray.preprocess import resample_factors
-
     up, down = resample_factors(float(fs_in), float(fs_out))
     return n if up == down else -(-n * up // down)
 
@@ -114,9 +117,6 @@ def read_preprocess(batch: pa.Table, *, run_id: str, labels_csv: str | None, pol
                     stride_s: float | None = None, max_windows: int | None = None,
                     faults: dict | None = None, spec=None) -> pa.Table:
     """Stage 1: read and preprocess a shard's records for a model of ``spec`` (default: Ribeiro et al. 2020)."""
-    from ecgray.explain import prepare
-    from ecgray.models.spec import RIBEIRO2020
-
     model_spec = spec or RIBEIRO2020
 
     out = []
@@ -163,10 +163,6 @@ class AttributeActor:
     def __init__(self, *, model: str, weights: str | None, methods: list[str], targets: list[str] | None,
                  output: str, params: dict, batch_size: int, use_gpu: bool = False, precision: str = "fp32",
                  torch_threads: int | None = None, faults: dict | None = None):
-        import torch
-
-        from ecgray.models import load_model
-
         if torch_threads:
             torch.set_num_threads(int(torch_threads))
         self.device = "cuda" if (use_gpu and torch.cuda.is_available()) else "cpu"
@@ -178,8 +174,6 @@ class AttributeActor:
             log.info("precision %s requested but the actor runs on CPU: float32 instead", precision)
 
     def _attribute(self, x: np.ndarray) -> dict:
-        from ecgray.attribution import attribute
-
         return {m: attribute(self.model, x, targets=self.targets, method=m, output=self.output,
                              batch_size=self.batch_size, precision=self.precision, **self.params.get(m, {}))
                 for m in self.methods}
@@ -199,8 +193,6 @@ class AttributeActor:
         return concat_rows(out)
 
     def _shard(self, shard: str, p: dict) -> pa.Table:
-        from ecgray.explain import error_row
-
         maybe_fail(self.faults, "attribute", shard)
         t0 = time.perf_counter()
         attrs: dict = {}
@@ -244,104 +236,8 @@ class AttributeActor:
 
 
 # --------------------------------------------------------------------------- stage 3: beats + tables
-def _dict_strings(values, indices: np.ndarray) -> pa.Array:
-    return pa.DictionaryArray.from_arrays(pa.array(np.asarray(indices, np.int32)), pa.array(list(values), pa.string()))
-
-
-def _lists(values: np.ndarray, valid: np.ndarray) -> pa.Array:
-    """``(N, K)`` rows as a list<float16> array; rows where ``valid`` is False are null."""
-    n, k = values.shape
-    offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(values, np.float16).reshape(-1)),
-                                    mask=pa.array(~np.asarray(valid, bool)))
-
-
-def row_scale(values: np.ndarray) -> np.ndarray:
-    """Power-of-two scale of each row of ``(N, K)`` ``values``: ``2**ceil(log2(max |v|))`` (1 for rows that are
-    all zero or non-finite), so ``values / scale`` lies in [-1, 1] and keeps float16's relative precision down
-    to 2**-14 of the row's largest value (``ecgray.schemas.tables.BEAT_PRECISION``)."""
-    a = np.where(np.isfinite(values), np.abs(values), 0.0).max(axis=1) if values.size else np.zeros(len(values))
-    with np.errstate(divide="ignore"):
-        e = np.where(a > 0, np.ceil(np.log2(np.where(a > 0, a, 1.0))), 0.0)
-    return np.exp2(e).astype(np.float32)
-
-
-def _beats_tables(run_id: str, cfg, p: dict, average_beats) -> dict[str, pa.Table]:
-    """``beats`` (window x lead: the average beat) and ``beats_relevance`` (window x method x target x lead)."""
-    methods = list(p["attrs"])
-    targets = list(p["attrs"][methods[0]].targets) if methods else []
-    fs, leads = float(cfg.spec.fs), cfg.leads
-    beat_lead = BEAT_LEAD if BEAT_LEAD in leads else leads[0]
-    sig_rows: dict[str, list] = {k: [] for k in ("i", "lead", "start", "step", "signal", "ok", "n_beats", "quality",
-                                                "lead_used", "hr")}
-    rel_rows: dict[str, list] = {k: [] for k in ("i", "method", "target", "lead", "relevance", "ok")}
-    for i, (rec, w) in enumerate(zip(p["recs"], p["wins"])):
-        rel = np.stack([p["attrs"][m].relevance[i] for m in methods])  # (M, T, leads, L)
-        L = rel.shape[-1]
-        start = max(0, -w.offset)
-        valid = (start, min(L, start + w.n_resampled - max(0, w.offset)))
-        avg = average_beats(p["x"][i], rel, fs=fs, lead=beat_lead, leads=leads, window_ms=BEAT_WINDOW_MS, valid=valid)
-        M, T, n_leads, K = avg.relevance.shape
-        ok = int(avg.n_beats) > 0
-        off = np.asarray(avg.offsets_ms, np.float64)
-        sig_rows["i"].append(np.full(n_leads, i))
-        sig_rows["lead"].append(np.arange(n_leads))
-        sig_rows["start"].append(np.full(n_leads, off[0], np.float32))
-        sig_rows["step"].append(np.full(n_leads, (off[1] - off[0]) if K > 1 else 1000.0 / fs, np.float32))
-        sig_rows["signal"].append(np.asarray(avg.signal, np.float32).reshape(n_leads, K))
-        sig_rows["ok"].append(np.full(n_leads, ok))
-        sig_rows["n_beats"].append(np.full(n_leads, int(avg.n_beats), np.int32))
-        sig_rows["quality"].extend([str(avg.quality)] * n_leads)
-        sig_rows["lead_used"].extend([str(avg.lead_used)] * n_leads)
-        sig_rows["hr"].append(np.full(n_leads, avg.heart_rate_bpm, np.float32))
-        n = M * T * n_leads
-        rel_rows["i"].append(np.full(n, i))
-        rel_rows["method"].append(np.repeat(np.arange(M), T * n_leads))
-        rel_rows["target"].append(np.tile(np.repeat(np.arange(T), n_leads), M))
-        rel_rows["lead"].append(np.tile(np.arange(n_leads), M * T))
-        rel_rows["relevance"].append(np.asarray(avg.relevance, np.float32).reshape(n, K))
-        rel_rows["ok"].append(np.full(n, ok))
-    if not sig_rows["i"]:
-        return {"beats": empty("beats"), "beats_relevance": empty("beats_relevance")}
-    cat = {k: (np.concatenate(v) if k not in ("quality", "lead_used") else v) for k, v in sig_rows.items()}
-    rcat = {k: np.concatenate(v) for k, v in rel_rows.items()}
-    keys = [w.record_key for w in p["wins"]]
-    ids = [w.record_id for w in p["wins"]]
-    wins = np.asarray([w.window for w in p["wins"]], np.int32)
-    scale = row_scale(rcat["relevance"])
-
-    def common(idx: np.ndarray) -> dict:
-        return {"run_id": _dict_strings([run_id], np.zeros(len(idx))),
-                "model": _dict_strings([cfg.model_name], np.zeros(len(idx))),
-                "model_id": _dict_strings([cfg.model_id], np.zeros(len(idx))),
-                "record_key": pa.array([keys[j] for j in idx], pa.string()),
-                "record_id": pa.array([ids[j] for j in idx], pa.string()),
-                "window": pa.array(wins[idx])}
-
-    beats = pa.table({
-        **common(cat["i"]),
-        "lead": _dict_strings(leads, cat["lead"]),
-        "offset_start_ms": pa.array(cat["start"]), "offset_step_ms": pa.array(cat["step"]),
-        "signal": _lists(cat["signal"], cat["ok"]),
-        "n_beats": pa.array(cat["n_beats"]), "quality": pa.array(cat["quality"], pa.string()),
-        "lead_used": pa.array(cat["lead_used"], pa.string()), "heart_rate_bpm": pa.array(cat["hr"]),
-    })
-    beats_rel = pa.table({
-        **common(rcat["i"]),
-        "method": _dict_strings(methods, rcat["method"]),
-        "target": _dict_strings(targets, rcat["target"]),
-        "output": _dict_strings([cfg.output], np.zeros(len(rcat["i"]))),
-        "lead": _dict_strings(leads, rcat["lead"]),
-        "relevance": _lists(rcat["relevance"] / scale[:, None], rcat["ok"]),
-        "relevance_scale": pa.array(scale, mask=~rcat["ok"]),
-    })
-    return {"beats": conform(beats, "beats"), "beats_relevance": conform(beats_rel, "beats_relevance")}
-
-
 def beats_and_tables(batch: pa.Table, *, run_id: str, cfg, with_beats: bool = True,
                      faults: dict | None = None) -> pa.Table:
-    from ecgray.explain import per_lead_tables, records_table, error_row
-
     if with_beats:  # ecgray.beats is part of the package: with_beats=False is the only way to get no beats
         from ecgray.beats import average_beats
     else:
@@ -364,7 +260,7 @@ def beats_and_tables(batch: pa.Table, *, run_id: str, cfg, with_beats: bool = Tr
             tables["records"].append(records_table(run_id, cfg, items, probs))
             if average_beats is not None:
                 try:
-                    beats = _beats_tables(run_id, cfg, p, average_beats)
+                    beats = beats_tables(run_id, cfg, p, average_beats)
                 except Exception as exc:  # noqa: BLE001 - a beats failure must not lose the shard
                     log.exception("beats failed for shard %s", shard)
                     for key, rid, uri in dict.fromkeys((r.record_key, r.record_id, r.uri) for r in p["recs"]):
@@ -390,8 +286,6 @@ RESULT_SCHEMA = pa.schema([
 
 
 def write_shard(batch: pa.Table, *, output: str, run_id: str, faults: dict | None = None) -> pa.Table:
-    from ecgray.store import Store
-
     store = Store(output)
     rows = []
     for shard, p in unpack(batch):
