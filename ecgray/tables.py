@@ -26,18 +26,15 @@ def key_of(rec) -> str:
     return getattr(rec, "record_key", "") or str(rec.uri)
 
 
-
 def table_leads(spec: ModelSpec) -> tuple[str, ...]:
     """The leads of ``spec`` in its order, by their canonical names (the ``lead`` values of every table)."""
     return tuple(canonical_lead(x) for x in spec.leads)
-
 
 
 def _n_samples(rec) -> int:
     """Samples of a record as read (``n_samples_in``): ``rec.n_samples`` (an :class:`ecgray.io.Record`, or
     record metadata without the signal, ``ecgray.pipeline.stages._record_meta``)."""
     return int(rec.n_samples)
-
 
 
 def records_table(run_id: str, cfg, items: list[tuple[object, object]], probs: np.ndarray) -> pa.Table:
@@ -70,10 +67,9 @@ def records_table(run_id: str, cfg, items: list[tuple[object, object]], probs: n
     return from_rows("records", rows, classes)
 
 
-
 def per_lead_tables(run_id: str, cfg, items, attr, method: str, classes: Sequence[str]) -> dict[str, pa.Table]:
     """Vectorised ``relevance_summary`` (and ``relevance``) rows for one attribution result."""
-    r = attr.relevance  # (N, T, 12, L)
+    r = attr.relevance  # (N, T, leads, L)
     n, t, n_leads, length = r.shape
     class_index = [list(classes).index(tg) for tg in attr.targets]
     prob = attr.probabilities[:, class_index]  # (N, T)
@@ -116,13 +112,11 @@ def per_lead_tables(run_id: str, cfg, items, attr, method: str, classes: Sequenc
     return out
 
 
-
 def _leads(cfg, n_leads: int) -> tuple[str, ...]:
     leads = cfg.leads
     if len(leads) != n_leads:
         raise ValueError(f"relevance of {n_leads} leads for a model of {len(leads)} leads {list(leads)}")
     return leads
-
 
 
 def _dict_strings(values, indices: np.ndarray) -> pa.Array:

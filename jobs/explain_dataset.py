@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 
-# The uploaded working dir is the job's cwd; make `ecgray` and `schemas` importable from it even when
+# The uploaded working dir is the job's cwd; make `ecgray` (and its `ecgray.schemas`) importable from it even when
 # they are not installed on the cluster (python puts jobs/, not the cwd, on sys.path).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

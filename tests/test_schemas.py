@@ -79,3 +79,22 @@ def test_schemas_install_under_the_ecgray_name():
     on_disk = {".".join(p.parent.relative_to(root).parts) for p in (root / "ecgray").rglob("__init__.py")}
     assert set(cfg["packages"]) == on_disk | {"ecgray.schemas"}
     assert "schemas" not in cfg["packages"]
+
+
+def test_schemas_import_from_a_source_tree_that_is_not_installed(tmp_path):
+    """A Ray job's uploaded working dir (jobs/explain_dataset.py) has ecgray/ and schemas/ side by side, not
+    installed: ``ecgray.schemas`` is that tree's schemas/."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for d in ("ecgray", "schemas"):
+        shutil.copytree(root / d, tmp_path / d, ignore=shutil.ignore_patterns("__pycache__"))
+    code = "import ecgray, ecgray.schemas.tables as t; print(ecgray.__file__); print(t.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path.parent, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(tmp_path / "ecgray" / "__init__.py"), str(tmp_path / "schemas" / "tables.py")]
