@@ -279,6 +279,11 @@ def _row_baseline(baselines: BaselineLike, x: torch.Tensor, record: torch.Tensor
 def _check_baseline_param(value: Any, name: str = "baselines") -> None:
     if value is None or isinstance(value, (int, float)):
         return
+    if isinstance(value, str):  # a named baseline (ecgray.attribution.baselines), resolved by attribute()
+        from ecgray.attribution.baselines import parse
+
+        parse(value)
+        return
     arr = value if isinstance(value, (np.ndarray, torch.Tensor)) else np.asarray(value)
     if arr.ndim not in (0, 2, 3):
         raise ValueError(f"{name} must be a scalar, (leads, L) or (N, leads, L) array")

@@ -47,6 +47,8 @@ import torch
 from torch import nn
 
 from ecgray.attribution.base import resolve_method
+from ecgray.attribution.baselines import PER_RECORD_METHODS, named_baselines
+from ecgray.models.spec import spec_of
 
 OUTPUTS = ("logit", "probability")
 MULTI_TARGET = ("auto", "shared", "rows")
@@ -105,6 +107,14 @@ class Attribution:
 
 
 # ---------------------------------------------------------------------------
+
+
+def _fs(model: nn.Module) -> float | None:
+    """The sampling rate of the model's input (its spec's ``fs``; a ResNet1d without a spec: Ribeiro's)."""
+    try:
+        return float(spec_of(model).fs)
+    except Exception:  # noqa: BLE001 - a model without a spec: named baselines that need fs say so
+        return None
 
 
 def _activation(model: nn.Module) -> str:
@@ -274,11 +284,17 @@ def attribute(
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     eff = cls.resolve_params(params)
+    named = eff.get("baselines") if isinstance(eff.get("baselines"), str) else None
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.inference_mode(False))
         xt = _as_input(x)
         n_rec = xt.shape[0]
+        if named is not None:  # "blur:40", "noise:0.05", "zero": one baseline per record, from the records
+            if cls.name not in PER_RECORD_METHODS:
+                raise ValueError(f"baseline {named!r}: the named baselines are one reference input per record, "
+                                 f"for {', '.join(PER_RECORD_METHODS)}; {cls.name} takes arrays")
+            eff = {**eff, "baselines": named_baselines(named, xt.numpy(), fs=_fs(model), seed=seed)}
         stack.enter_context(frozen_eval(model))
         device, dtype = _device_dtype(model)
         stack.enter_context(precision_mode(precision, device))
@@ -331,6 +347,8 @@ def attribute(
                 steps[rec.numpy()] = st.numpy()
 
     prov = impl.provenance()
+    if named is not None:
+        prov["baselines"] = named
     prov["output"] = output
     prov["precision"] = precision
     prov["batch_size"] = rows_per_chunk

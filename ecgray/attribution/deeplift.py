@@ -74,8 +74,8 @@ class DeepLift(AttributionMethod):
         params: the parameters below as a mapping, instead of keywords (the registry's way).
         seed: unused (deterministic method).
         baselines: as for integrated gradients (``None`` = zeros, a scalar,
-            ``(leads, L)`` or ``(N, leads, L)``). Formerly ``baseline`` (deprecated
-            alias, accepted for one release).
+            ``(leads, L)``, ``(N, leads, L)``, or a name: ``"zero"``, ``"blur:<ms>"``,
+            ``"noise:<sd>"``). Formerly ``baseline`` (deprecated alias, accepted for one release).
         eps: the ``|z - z_b|`` below which the gradient replaces the multiplier (Captum's 1e-10).
     """
 

@@ -108,6 +108,10 @@ class GradientShap(AttributionMethod):
             raise ValueError("stdevs must be >= 0")
         if p["baseline_stdev"] is not None and float(p["baseline_stdev"]) < 0:
             raise ValueError("baseline_stdev must be >= 0")
+        if isinstance(p["baselines"], str):
+            raise ValueError(f"baseline {p['baselines']!r}: gradient_shap draws from a set of baselines (pass an "
+                             "array (B, leads, L), or one (leads, L)); the named baselines (zero, blur:<ms>, "
+                             "noise:<sd>) are one reference input per record, for integrated_gradients and deeplift")
         if p["baselines"] is not None:
             b = p["baselines"]
             nd = b.ndim if hasattr(b, "ndim") else np.asarray(b).ndim

@@ -56,7 +56,9 @@ class IntegratedGradients(AttributionMethod):
         params: the parameters below as a mapping, instead of keywords (the registry's way).
         seed: unused (deterministic method).
         baselines: ``None`` = zeros, a scalar, a ``(leads, L)`` array shared by all
-            records or ``(N, leads, L)`` per record. Formerly ``baseline``
+            records, ``(N, leads, L)`` per record, or a name resolved per record by
+            :func:`~ecgray.attribution.attribute` (``"zero"``, ``"blur:<ms>"``, ``"noise:<sd>"``;
+            :mod:`ecgray.attribution.baselines`). Formerly ``baseline``
             (deprecated alias, accepted for one release).
         n_steps: quadrature points (50).
         integration_method: Captum's ``method`` (``"gausslegendre"``,
