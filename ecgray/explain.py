@@ -27,7 +27,7 @@ from .errors import ECGError, ModelError, redact
 from .io import read_record
 from .models.spec import RIBEIRO2020, ModelSpec, spec_of
 from .preprocess import preprocess
-from .tables import key_of, per_lead_tables, records_table, table_leads
+from .tables import key_of, per_lead_tables, records_table
 
 
 def new_run_id() -> str:
@@ -113,7 +113,7 @@ class ExplainConfig:
     @property
     def leads(self) -> tuple[str, ...]:
         """The model's leads as the tables name them (canonical: ``DI``, ``DII``, ..., ``V6``)."""
-        return table_leads(self.spec)
+        return self.spec.canonical_leads
 
 
 def require_table_layout(model) -> ModelSpec:

@@ -13,8 +13,6 @@ import numpy as np
 import pyarrow as pa
 
 from ecgray.io.labels import label_of
-from ecgray.leads import canonical_lead
-from ecgray.models.spec import ModelSpec
 from ecgray.schemas.tables import conform, empty, from_rows
 
 BEAT_LEAD = "DII"  # R-peaks on lead II (canonical name), else the model's first lead (ecgray.beats falls back by quality)
@@ -24,11 +22,6 @@ BEAT_WINDOW_MS = (-300, 500)
 def key_of(rec) -> str:
     """The record key of a record (or record metadata): its ``record_key``, else its URI."""
     return getattr(rec, "record_key", "") or str(rec.uri)
-
-
-def table_leads(spec: ModelSpec) -> tuple[str, ...]:
-    """The leads of ``spec`` in its order, by their canonical names (the ``lead`` values of every table)."""
-    return tuple(canonical_lead(x) for x in spec.leads)
 
 
 def _n_samples(rec) -> int:

@@ -108,6 +108,12 @@ class ModelSpec:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @property
+    def canonical_leads(self) -> tuple[str, ...]:
+        """The leads in input order by their canonical names (``DI``, ``DII``, ..., ``V6``: the ``lead`` values
+        of every output table)."""
+        return tuple(canonical_lead(x) for x in self.leads)
+
+    @property
     def n_leads(self) -> int:
         return len(self.leads)
 

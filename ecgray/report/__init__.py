@@ -33,7 +33,6 @@ import posixpath
 import numpy as np
 import polars as pl
 
-from ecgray.leads import canonical_lead
 from ecgray.models.spec import RIBEIRO2020
 from ecgray.store import output_spec, uncommitted_shards
 
@@ -147,7 +146,7 @@ def build_report(output: str, tables: dict[str, pl.DataFrame], *, threshold: flo
     pts, cp, lr = tables["class_probability_points"], tables["class_probability"], tables["lead_relevance"]
     br, wr = tables["beat_relevance"], tables["wave_relevance"]
     spec = output_spec(output) or RIBEIRO2020  # classes, leads and fs of the explained model
-    leads = [canonical_lead(x) for x in spec.leads]
+    leads = list(spec.canonical_leads)
     methods = methods or _order(pts["method"].unique().to_list(), ())
     targets = targets or _order(pts["target"].unique().to_list(), spec.classes)
     figs: list[FigureItem] = []
