@@ -111,6 +111,12 @@ def make_model(seed: int = 0, width: float = 0.25, random_bn: bool = True, bias_
     return model.eval()
 
 
+@pytest.fixture(scope="module")
+def model():
+    """:func:`make_model` with its defaults, one per test module (the attribution tests' network)."""
+    return make_model()
+
+
 def synthetic_ecg(n: int, length: int = ATTR_N_SAMPLES, seed: int = 0) -> np.ndarray:
     """ECG-like (N, 12, length): per-lead sums of harmonics of a heart rate + noise, mV scale."""
     rng = np.random.default_rng(seed)

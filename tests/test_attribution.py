@@ -37,11 +37,6 @@ def rel_l2(a, b) -> float:
 
 
 @pytest.fixture(scope="module")
-def model():
-    return make_model()
-
-
-@pytest.fixture(scope="module")
 def x():
     return ecg_batch(3)
 

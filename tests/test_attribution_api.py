@@ -18,15 +18,10 @@ from ecgray.attribution.gradient_shap import GradientShap
 from ecgray.attribution.input_x_gradient import InputXGradient
 from ecgray.attribution.integrated_gradients import IntegratedGradients
 from ecgray.attribution.saliency import Saliency
-from tests.conftest import ATTR_N_SAMPLES as N_SAMPLES, ecg_batch, make_model
+from tests.conftest import ATTR_N_SAMPLES as N_SAMPLES, ecg_batch
 
 CAPTUM_FAMILY = (IntegratedGradients, Saliency, InputXGradient, DeepLift, GradientShap)
 PKG = Path(__file__).resolve().parents[1] / "ecgray" / "attribution"
-
-
-@pytest.fixture(scope="module")
-def model():
-    return make_model()
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,9 @@ import pytest
 import torch
 
 from ecgray.attribution import attribute
-from tests.conftest import ecg_batch, make_model
+from tests.conftest import ecg_batch
 
 FS = 400.0  # the test network is a ResNet1d without a spec: Ribeiro's 400 Hz
-
-
-@pytest.fixture(scope="module")
-def model():
-    return make_model()
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,10 @@ from torch import nn
 
 from ecgray.attribution import attribute
 from ecgray.attribution.fast import activation_bytes, points_per_chunk
-from tests.conftest import ATTR_N_SAMPLES as N_SAMPLES, ecg_batch, make_model
+from tests.conftest import ATTR_N_SAMPLES as N_SAMPLES, ecg_batch
 
 TARGETS = ["AF", 0, "SB", "LBBB"]
 pytestmark = pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
-
-
-@pytest.fixture(scope="module")
-def model():
-    return make_model()
 
 
 @pytest.fixture(scope="module")

@@ -36,11 +36,6 @@ N_SAMPLES = ATTR_N_SAMPLES
 
 
 @pytest.fixture(scope="module")
-def model():
-    return make_model()
-
-
-@pytest.fixture(scope="module")
 def bias_free():
     return make_model(bias_free=True)
 
