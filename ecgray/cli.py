@@ -545,6 +545,9 @@ def demo_cmd(
     console.print(f"report: {res.report}", highlight=False, soft_wrap=True)
 
 
+from . import cli_evaluate as _cli_evaluate  # noqa: E402,F401  (registers `ecgray evaluate`)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

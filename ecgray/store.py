@@ -9,6 +9,8 @@ Layout under ``<output>`` (a local folder or an ``s3://`` prefix)::
     <table>/shard=<k>/part-0.parquet            records, relevance_summary, beats, beats_relevance, errors[, relevance]
     _tmp/<run_id>/shard=<k>/...                 staging area (removed at the end of a run)
     _lock.json                                  the live run that holds the output (ecgray.pipeline.lock)
+    reduced/<name>.parquet                      ecgray.reduce's tables (and ecgray.evaluate.summary's)
+    evaluation/...                              ecgray.evaluate's tables, the same protocol (evaluation_root)
 
 Exactly-once: a shard's files have deterministic names, are written to
 ``_tmp`` first and moved into place (a rename locally, copy+delete on S3);
@@ -51,7 +53,8 @@ MANIFEST = "_manifest.json"
 COMMITS = "_commits"
 TMP = "_tmp"
 LOCK = "_lock.json"
-KNOWN_ENTRIES = set(TABLE_NAMES) | {MANIFEST, COMMITS, TMP, LOCK, "reduced"}  # reduced: ecgray.reduce's output
+EVALUATION = "evaluation"  # ecgray.evaluate's tables: a Store of their own under <output>/evaluation
+KNOWN_ENTRIES = set(TABLE_NAMES) | {MANIFEST, COMMITS, TMP, LOCK, "reduced", EVALUATION}  # + ecgray.reduce's output
 
 log = logging.getLogger("ecgray.pipeline")
 
@@ -249,6 +252,11 @@ class Store:
             for sub in subs:
                 if posixpath.basename(sub.rstrip("/")) not in keep:
                     self.rm(sub)
+
+
+def evaluation_root(output: str) -> str:
+    """Where ``ecgray evaluate`` writes the evaluation of the run in ``output``."""
+    return f"{str(output).rstrip('/')}/{EVALUATION}"
 
 
 def committed_table_files(output: str, *, readable: Sequence[int] | None = None) -> list[dict[str, str]]:

@@ -212,6 +212,10 @@ def reduce(output: str, *, threshold: float = 0.5, n_bins: int = 10, n_boot: int
         for name, df in out.items():
             if not isinstance(df, pl.LazyFrame):  # streamed points are written already
                 _write(df, name, dest)
+        from ecgray.evaluate.summary import has_evaluation, write_summary
+
+        if has_evaluation(output):  # ecgray evaluate's data-set tables, next to the others
+            write_summary(output, dest)
     return out
 
 

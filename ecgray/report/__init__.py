@@ -12,7 +12,9 @@ class. Figures (matplotlib, Agg-free :class:`~matplotlib.figure.Figure`):
 (a) relevance vs. probability per class, misclassifications marked, binned means with CIs;
 (b) per-lead bars in the clinical 12-lead layout, class-labelled vs. normal records;
 (c) average beats per lead coloured by relevance (one figure per method x class);
-(d) relevance heat-map of one example record per class (only with a ``relevance`` table).
+(d) relevance heat-map of one example record per class (only with a ``relevance`` table);
+"Can these explanations be trusted?": verdicts, deletion curves, randomisation and agreement
+(:mod:`.trust`), from ``ecgray evaluate``'s tables when the output has them.
 
 Unlabelled records (no labels in the input: ``label_*`` null; groups
 ``unlabelled_predicted_positive`` / ``unlabelled_predicted_negative`` of
@@ -37,6 +39,7 @@ from ecgray.models.spec import RIBEIRO2020
 from ecgray.store import output_spec, uncommitted_shards
 
 from .html import FigureItem, Section, esc, page, table
+from .trust import trust_section
 
 __all__ = ["report", "build_report"]
 
@@ -137,8 +140,10 @@ def _example_arrays(rel_lf: pl.LazyFrame, record_key: str, window: int, target: 
 
 
 def build_report(output: str, tables: dict[str, pl.DataFrame], *, threshold: float = 0.5, dpi: int = 100,
-                 methods: list[str] | None = None, targets: list[str] | None = None) -> tuple[str, list[FigureItem]]:
-    """The HTML text and the figures (not written anywhere)."""
+                 methods: list[str] | None = None, targets: list[str] | None = None,
+                 evaluation: dict[str, pl.DataFrame] | None = None) -> tuple[str, list[FigureItem]]:
+    """The HTML text and the figures (not written anywhere); ``evaluation``: the tables of
+    :func:`ecgray.evaluate.summary.summarise` (None: the section says how to get them)."""
     from ecgray.reduce import scan_table
 
     from . import figures as F
@@ -215,6 +220,7 @@ def build_report(output: str, tables: dict[str, pl.DataFrame], *, threshold: flo
                     f"outcome {r['outcome'] or 'unknown'}")
             sec.items.append(add(F.fig_example(arrays, r["record_id"], t, info, spec.fs, leads), f"example_{t}", f"example {t}"))
     sections.append(sec)
+    sections.append(trust_section(evaluation, add))
     meta = (f"output <code>{esc(output)}</code> · methods {esc(', '.join(methods))} · classes {esc(', '.join(targets))}"
             f" · model input {len(leads)} leads ({esc(', '.join(F.lead_label(x) for x in leads))}), "
             f"{spec.fs:g} Hz × {spec.n_samples} samples, {esc(spec.activation)}"
@@ -235,7 +241,13 @@ def report(output: str, *, dest: str | None = None, threshold: float = 0.5, reru
     tables = None if rerun_reduce else read_reduced(output)
     if tables is None:
         tables = reduce(output, threshold=threshold, **(reduce_kwargs or {}))
-    text, figs = build_report(output, tables, threshold=threshold, dpi=dpi, methods=methods, targets=targets)
+    evaluation = None
+    from ecgray.evaluate.summary import has_evaluation, read_summary, summarise
+
+    if has_evaluation(output):
+        evaluation = (None if rerun_reduce else read_summary(output)) or summarise(output)
+    text, figs = build_report(output, tables, threshold=threshold, dpi=dpi, methods=methods, targets=targets,
+                              evaluation=evaluation)
     dest = dest or join(output, "report")
     fs, root = open_fs(dest)
     if not is_s3(dest):
