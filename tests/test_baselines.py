@@ -93,7 +93,7 @@ def test_bad_names_say_what_is_accepted(model, x, bad, message):
 
 
 def test_a_set_method_refuses_a_per_record_baseline(model, x):
-    for name in ("blur:40", "zero"):
+    for name in ("blur:40", "noise:0.1"):
         with pytest.raises(ValueError, match="gradient_shap draws from a set of baselines .* for integrated_gradients "
                                              "and deeplift"):
             attribute(model, x, targets=["AF"], method="gradient_shap", baselines=name)
@@ -106,3 +106,45 @@ def test_cli_routes_a_named_baseline_to_the_methods_that_take_it():
     assert params == {"baselines": "blur:40"}
     assert _method_params(["integrated_gradients", "saliency", "deeplift"], params) == {
         "integrated_gradients": {"baselines": "blur:40"}, "saliency": {}, "deeplift": {"baselines": "blur:40"}}
+
+
+def test_file_baselines_equal_the_arrays_passed_by_hand(model, x, tmp_path):
+    """``mean:<file>`` (IG, DeepLift: one baseline for every record) and ``reference:<file>`` (GradientShap:
+    expected gradients over the file's records) equal passing the arrays, computed here, directly."""
+    from ecgray.attribution.baselines import reference_set
+
+    pool = ecg_batch(5, seed=11)
+    ref = reference_set(pool, 3, seed=4)
+    assert ref.shape == (3, *pool.shape[1:])
+    again = reference_set(pool, 3, seed=4)
+    np.testing.assert_array_equal(ref, again)
+    assert any(np.array_equal(ref[0], p) for p in pool)  # records of the pool, not new ones
+    path = tmp_path / "reference set.npy"
+    np.save(path, ref)
+    mean = ref.astype(np.float64).mean(axis=0).astype(np.float32)
+    a = attribute(model, x, targets=["AF"], method="ig", n_steps=4, baselines=f"mean:{path}")
+    b = attribute(model, x, targets=["AF"], method="ig", n_steps=4, baselines=np.broadcast_to(mean, x.shape).copy())
+    np.testing.assert_allclose(a.relevance, b.relevance, rtol=1e-6, atol=1e-7)
+    assert a.params["baselines"] == f"mean:{path}"
+    g = attribute(model, x, targets=["AF"], method="gradient_shap", n_samples=4, seed=2, baselines=f"reference:{path}")
+    h = attribute(model, x, targets=["AF"], method="gradient_shap", n_samples=4, seed=2, baselines=ref)
+    np.testing.assert_array_equal(g.relevance, h.relevance)
+    gm = attribute(model, x, targets=["AF"], method="gradient_shap", n_samples=4, seed=2, baselines=f"mean:{path}")
+    hm = attribute(model, x, targets=["AF"], method="gradient_shap", n_samples=4, seed=2, baselines=mean[None])
+    np.testing.assert_array_equal(gm.relevance, hm.relevance)
+    z = attribute(model, x, targets=["AF"], method="gradient_shap", n_samples=4, seed=2, baselines="zero")
+    d = attribute(model, x, targets=["AF"], method="gradient_shap", n_samples=4, seed=2)
+    np.testing.assert_array_equal(z.relevance, d.relevance)
+
+
+def test_file_baselines_say_what_is_wrong(model, x, tmp_path):
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.zeros((2, 3, 10), np.float32))
+    with pytest.raises(ValueError, match=r"holds an array of shape \(2, 3, 10\).*must be \(K, 12, 1024\)"):
+        attribute(model, x, targets=["AF"], method="ig", n_steps=4, baselines=f"mean:{bad}")
+    with pytest.raises(ValueError, match="cannot read"):
+        attribute(model, x, targets=["AF"], method="ig", n_steps=4, baselines=f"mean:{tmp_path / 'missing.npy'}")
+    with pytest.raises(ValueError, match="a reference set is drawn from by gradient_shap"):
+        attribute(model, x, targets=["AF"], method="ig", n_steps=4, baselines=f"reference:{bad}")
+    with pytest.raises(ValueError, match="needs a .npy file"):
+        attribute(model, x, targets=["AF"], method="ig", n_steps=4, baselines="mean")

@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from ecgray.attribution.base import resolve_method
-from ecgray.attribution.baselines import PER_RECORD_METHODS, named_baselines
+from ecgray.attribution.baselines import PER_RECORD_METHODS, SET_METHODS, baseline_set, named_baselines
 from ecgray.models.spec import spec_of
 
 OUTPUTS = ("logit", "probability")
@@ -290,7 +290,9 @@ def attribute(
         stack.enter_context(torch.inference_mode(False))
         xt = _as_input(x)
         n_rec = xt.shape[0]
-        if named is not None:  # "blur:40", "noise:0.05", "zero": one baseline per record, from the records
+        if named is not None and cls.name in SET_METHODS:  # "reference:ref.npy": the set to draw from
+            eff = {**eff, "baselines": baseline_set(named, tuple(xt.shape[1:]))}
+        elif named is not None:  # "blur:40", "noise:0.05", "mean:m.npy", "zero": one baseline per record
             if cls.name not in PER_RECORD_METHODS:
                 raise ValueError(f"baseline {named!r}: the named baselines are one reference input per record, "
                                  f"for {', '.join(PER_RECORD_METHODS)}; {cls.name} takes arrays")

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ecgray.attribution.base import AttributionMethod, BaselineLike, _as_tensor, register_method
+from ecgray.attribution.baselines import parse
 from ecgray.attribution.fast import target_grads
 
 
@@ -109,16 +110,20 @@ class GradientShap(AttributionMethod):
         if p["baseline_stdev"] is not None and float(p["baseline_stdev"]) < 0:
             raise ValueError("baseline_stdev must be >= 0")
         if isinstance(p["baselines"], str):
-            raise ValueError(f"baseline {p['baselines']!r}: gradient_shap draws from a set of baselines (pass an "
-                             "array (B, leads, L), or one (leads, L)); the named baselines (zero, blur:<ms>, "
-                             "noise:<sd>) are one reference input per record, for integrated_gradients and deeplift")
-        if p["baselines"] is not None:
+            name, _ = parse(p["baselines"])
+            if name not in ("zero", "mean", "reference"):
+                raise ValueError(f"baseline {p['baselines']!r}: gradient_shap draws from a set of baselines "
+                                 "(reference:<file.npy>, mean:<file.npy>, zero, or an array (B, leads, L)); the named "
+                                 "baselines blur:<ms> and noise:<sd> are one reference input per record, for "
+                                 "integrated_gradients and deeplift")
+        elif p["baselines"] is not None:
             b = p["baselines"]
             nd = b.ndim if hasattr(b, "ndim") else np.asarray(b).ndim
             if nd not in (2, 3):
                 raise ValueError("baselines must be an array (B, leads, L) (the distribution) or one (leads, L)")
         if p["baseline_stdev"] is None:
-            p["baseline_stdev"] = 0.01 if p["baselines"] is None else 0.0
+            zero = p["baselines"] is None or (isinstance(p["baselines"], str) and parse(p["baselines"])[0] == "zero")
+            p["baseline_stdev"] = 0.01 if zero else 0.0
         if int(p["internal_batch_size"]) < 1:
             raise ValueError("internal_batch_size must be >= 1")
         return p
