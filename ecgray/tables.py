@@ -135,13 +135,17 @@ def row_scale(values: np.ndarray) -> np.ndarray:
 
 
 def beats_tables(run_id: str, cfg, p: dict, average_beats) -> dict[str, pa.Table]:
-    """``beats`` (window x lead: the average beat) and ``beats_relevance`` (window x method x target x lead)."""
+    """``beats`` (window x lead: the average beat and its delineated waves, :func:`ecgray.delineate.delineate` on
+    the averaged beats' R-peaks; fixed windows, flagged, when ``average_beats`` gives no ``peaks``) and
+    ``beats_relevance`` (window x method x target x lead)."""
+    from ecgray.delineate import columns_of, delineate, fixed_bounds
+
     methods = list(p["attrs"])
     targets = list(p["attrs"][methods[0]].targets) if methods else []
     fs, leads = float(cfg.spec.fs), cfg.leads
     beat_lead = BEAT_LEAD if BEAT_LEAD in leads else leads[0]
     sig_rows: dict[str, list] = {k: [] for k in ("i", "lead", "start", "step", "signal", "ok", "n_beats", "quality",
-                                                "lead_used", "hr")}
+                                                "lead_used", "hr", "waves")}
     rel_rows: dict[str, list] = {k: [] for k in ("i", "method", "target", "lead", "relevance", "ok")}
     for i, (rec, w) in enumerate(zip(p["recs"], p["wins"])):
         rel = np.stack([p["attrs"][m].relevance[i] for m in methods])  # (M, T, leads, L)
@@ -162,6 +166,9 @@ def beats_tables(run_id: str, cfg, p: dict, average_beats) -> dict[str, pa.Table
         sig_rows["quality"].extend([str(avg.quality)] * n_leads)
         sig_rows["lead_used"].extend([str(avg.lead_used)] * n_leads)
         sig_rows["hr"].append(np.full(n_leads, avg.heart_rate_bpm, np.float32))
+        peaks = getattr(avg, "peaks", None)
+        wb = delineate(p["x"][i], peaks, fs, valid=valid) if ok and peaks is not None else fixed_bounds()
+        sig_rows["waves"].extend([columns_of(wb)] * n_leads)
         n = M * T * n_leads
         rel_rows["i"].append(np.full(n, i))
         rel_rows["method"].append(np.repeat(np.arange(M), T * n_leads))
@@ -171,7 +178,9 @@ def beats_tables(run_id: str, cfg, p: dict, average_beats) -> dict[str, pa.Table
         rel_rows["ok"].append(np.full(n, ok))
     if not sig_rows["i"]:
         return {"beats": empty("beats"), "beats_relevance": empty("beats_relevance")}
-    cat = {k: (np.concatenate(v) if k not in ("quality", "lead_used") else v) for k, v in sig_rows.items()}
+    cat = {k: (np.concatenate(v) if k not in ("quality", "lead_used", "waves") else v) for k, v in sig_rows.items()}
+    wave_cols = {k: pa.array([w[k] for w in cat["waves"]], pa.string() if k.endswith("_method") else pa.float32())
+                 for k in (cat["waves"][0] if cat["waves"] else {})}
     rcat = {k: np.concatenate(v) for k, v in rel_rows.items()}
     keys = [w.record_key for w in p["wins"]]
     ids = [w.record_id for w in p["wins"]]
@@ -193,6 +202,7 @@ def beats_tables(run_id: str, cfg, p: dict, average_beats) -> dict[str, pa.Table
         "signal": _lists(cat["signal"], cat["ok"]),
         "n_beats": pa.array(cat["n_beats"]), "quality": pa.array(cat["quality"], pa.string()),
         "lead_used": pa.array(cat["lead_used"], pa.string()), "heart_rate_bpm": pa.array(cat["hr"]),
+        **wave_cols,
     })
     beats_rel = pa.table({
         **common(rcat["i"]),

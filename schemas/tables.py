@@ -20,12 +20,13 @@ import re
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: versions :mod:`ecgray.reduce` can read (v3: ``record_key`` in every table, compact ``beats`` +
 #: ``beats_relevance``; v4: the class columns of ``records`` and the leads follow the model's spec --
-#: a v3 output is the v4 layout of the Ribeiro et al. 2020 classes; v2 outputs must be recomputed:
-#: they cannot tell records that share a name apart)
-READABLE_VERSIONS = (3, 4)
+#: a v3 output is the v4 layout of the Ribeiro et al. 2020 classes; v5: the delineated wave bounds of
+#: ``beats`` (``wave_*``) -- a v3/v4 output lacks them and the reduce uses the fixed windows for every
+#: record, flagged; v2 outputs must be recomputed: they cannot tell records that share a name apart)
+READABLE_VERSIONS = (3, 4, 5)
 
 #: columns of ``records`` a class column must not collide with (case-insensitively: DuckDB folds case)
 _RECORD_LABEL_COLUMNS = ("label_normal", "label_scheme")
@@ -116,6 +117,20 @@ TABLES: dict[str, pa.Schema] = {
             pa.field("quality", pa.string()),  # ok, fallback_lead, few_beats, no_beats (see ecgray.beats)
             pa.field("lead_used", pa.string()),  # lead the R-peaks were detected on
             pa.field("heart_rate_bpm", pa.float32()),  # 60 / median RR of the detected beats
+            # The window's delineated waves (ecgray.delineate; the same on every lead row of the window), ms from
+            # the R-peak, both ends included; null unless wave_<w>_method names a delineator. wave_<w>_method:
+            # "neurokit2-prominence" (P), "spatial-velocity" (QRS), "neurokit2-dwt" (T), "fixed" (not delineated:
+            # the reduce uses its fixed window) or "absent" (P only: no consistent P wave, e.g. AF; fixed window).
+            # Absent in schema <= 4 outputs (read as "fixed").
+            pa.field("wave_p_on_ms", pa.float32()),
+            pa.field("wave_p_off_ms", pa.float32()),
+            pa.field("wave_p_method", pa.string()),
+            pa.field("wave_qrs_on_ms", pa.float32()),
+            pa.field("wave_qrs_off_ms", pa.float32()),
+            pa.field("wave_qrs_method", pa.string()),
+            pa.field("wave_t_on_ms", pa.float32()),
+            pa.field("wave_t_off_ms", pa.float32()),
+            pa.field("wave_t_method", pa.string()),
         ]
     ),
     # One row per record window x method x target x lead: the relevance on the average beat, on the offsets
@@ -222,9 +237,11 @@ TABLES.update({
             pa.field("ci_high", pa.float64()),
         ]
     ),
-    # One row per method x target x group x lead x wave (fixed windows around the R-peak, both ends
-    # included): per record the mean beat relevance over the window, then mean over records with a
-    # normal-approximation CI; sign "+" / "-" when the CI excludes 0, else "0".
+    # One row per method x target x group x lead x wave: per record the mean beat relevance over the wave's
+    # window (both ends included; the record's delineated bounds, beats.wave_*, else the fixed window of
+    # ecgray.reduce.WAVES), then mean over records with a normal-approximation CI; sign "+" / "-" when the
+    # CI excludes 0, else "0". start_ms / end_ms: the mean over the records of the bounds used;
+    # n = n_delineated + n_fixed (records with delineated bounds / with the fixed window).
     "wave_relevance": pa.schema(
         _reduced_key
         + [
@@ -233,6 +250,8 @@ TABLES.update({
             pa.field("start_ms", pa.float64(), nullable=False),
             pa.field("end_ms", pa.float64(), nullable=False),
             pa.field("n", pa.int64(), nullable=False),
+            pa.field("n_delineated", pa.int64(), nullable=False),
+            pa.field("n_fixed", pa.int64(), nullable=False),
             pa.field("mean_relevance", pa.float64()),
             pa.field("ci_low", pa.float64()),
             pa.field("ci_high", pa.float64()),

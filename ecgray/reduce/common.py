@@ -3,11 +3,17 @@ from __future__ import annotations
 
 import polars as pl
 
+from ecgray.delineate import FIXED_WAVES
 from ecgray.io.fs import storage_options
 from ecgray.store import committed_table_files
 from ecgray.schemas.tables import READABLE_VERSIONS
 
-WAVES: dict[str, tuple[float, float]] = {"P": (-250.0, -100.0), "QRS": (-50.0, 60.0), "T": (120.0, 400.0)}
+#: the fixed wave windows (ms from the R-peak, both ends included): the fallback for records whose waves were not
+#: delineated (``beats.wave_<w>_method`` not a delineator's name, or a schema <= 4 output without the columns)
+WAVES: dict[str, tuple[float, float]] = dict(FIXED_WAVES)
+#: per wave: the ``beats`` columns of its delineated bounds and method (:mod:`ecgray.delineate`)
+WAVE_COLUMNS: dict[str, tuple[str, str, str]] = {w: (f"wave_{w.lower()}_on_ms", f"wave_{w.lower()}_off_ms",
+                                                     f"wave_{w.lower()}_method") for w in FIXED_WAVES}
 #: groups of labelled records, then of unlabelled ones (null ``label_<target>``; split by the predicted class)
 LABELLED_GROUPS = ("positive", "normal", "other")
 UNLABELLED_GROUPS = ("unlabelled_predicted_positive", "unlabelled_predicted_negative")

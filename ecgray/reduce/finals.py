@@ -76,14 +76,17 @@ def wave_relevance(partials: list[pl.DataFrame], waves: dict[str, tuple[float, f
     if not partials:
         return pl.from_arrow(empty("wave_relevance"))
     m = merge_moments(pl.concat(partials), by)
-    out = m.select(*by, pl.col("n").cast(pl.Int64), pl.col("mean").alias("mean_relevance"), _sd().alias("_sd"))
+    nf = pl.col("n").cast(pl.Float64)
+    out = m.select(*by, pl.col("n").cast(pl.Int64), pl.col("mean").alias("mean_relevance"), _sd().alias("_sd"),
+                   pl.col("n_delineated").cast(pl.Int64),
+                   (pl.col("n") - pl.col("n_delineated")).cast(pl.Int64).alias("n_fixed"),
+                   (pl.col("start_sum") / nf).alias("start_ms"), (pl.col("end_sum") / nf).alias("end_ms"))
     out = out.with_columns(*_normal_ci("mean_relevance", "_sd", "n"))
     out = out.with_columns(
         pl.when(pl.col("ci_low") > 0).then(pl.lit("+")).when(pl.col("ci_high") < 0).then(pl.lit("-"))
         .otherwise(pl.lit("0")).alias("sign"),
-        pl.col("wave").replace_strict({k: v[0] for k, v in waves.items()}, return_dtype=pl.Float64).alias("start_ms"),
-        pl.col("wave").replace_strict({k: v[1] for k, v in waves.items()}, return_dtype=pl.Float64).alias("end_ms"),
-        pl.col("wave").replace_strict({k: i for i, k in enumerate(waves)}, return_dtype=pl.Int32).alias("_w"))
+        pl.col("wave").replace_strict({k: i for i, k in enumerate(waves)}, default=len(waves),
+                                      return_dtype=pl.Int32).alias("_w"))
     return out.sort("method", "target", "group", _lead_order(), "_w").drop("_sd", "_w")
 
 

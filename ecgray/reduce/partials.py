@@ -9,10 +9,11 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
+from ecgray.delineate import DELINEATED
 from ecgray.io.fs import fs_path, is_s3, join, pyarrow_fs
 from ecgray.schemas.tables import conform, empty, record_classes
 
-from .common import UNLABELLED_GROUPS, WAVES
+from .common import UNLABELLED_GROUPS, WAVE_COLUMNS, WAVES
 from .stats import _moments_np, merge_moments
 
 
@@ -97,14 +98,21 @@ def beat_partials(beats: pl.DataFrame, beats_rel: pl.DataFrame, groups: pl.DataF
                   waves: dict[str, tuple[float, float]] = WAVES) -> tuple[dict, pl.DataFrame]:
     """Per method x target x group x lead (and offset grid): moments of the average-beat signal and
     relevance at every offset (``{key: (n, sig_mean, sig_m2, rel_mean, rel_m2)}``, arrays of the grid's
-    length), and moments of the per-record wave relevance (a DataFrame). An entry counts when signal and
-    relevance are finite and the window has beats (``n_beats > 0``)."""
+    length), and moments of the per-record wave relevance (a DataFrame, with ``n_delineated`` and the sums of
+    the bounds used, ``start_sum`` / ``end_sum``): a record's window for a wave is its delineated bounds
+    (``beats.wave_<w>_on_ms`` / ``_off_ms`` with a delineator's ``wave_<w>_method``), else ``waves``' fixed one.
+    An entry counts when signal and relevance are finite and the window has beats (``n_beats > 0``)."""
     empty_waves = pl.DataFrame(schema={"method": pl.String, "target": pl.String, "group": pl.String,
                                        "lead": pl.String, "wave": pl.String, "n": pl.Int64, "mean": pl.Float64,
-                                       "m2": pl.Float64})
+                                       "m2": pl.Float64, "n_delineated": pl.Int64, "start_sum": pl.Float64,
+                                       "end_sum": pl.Float64})
     if beats.height == 0 or beats_rel.height == 0:
         return {}, empty_waves
-    sig = beats.select("record_key", "window", "lead", "offset_start_ms", "offset_step_ms", "n_beats", "signal")
+    have = set(beats.columns)
+    wave_cols = [pl.col(c).cast(dt) if c in have else pl.lit(None, dt).alias(c)
+                 for cols in WAVE_COLUMNS.values() for c, dt in zip(cols, (pl.Float64, pl.Float64, pl.String))]
+    sig = beats.select("record_key", "window", "lead", "offset_start_ms", "offset_step_ms", "n_beats", "signal",
+                       *wave_cols)
     j = _with_group(beats_rel.select("record_key", "window", "method", "target", "lead", "relevance", "relevance_scale")
                     .join(sig, on=["record_key", "window", "lead"], how="inner"), groups)
     j = j.filter(pl.col("relevance").is_not_null() & pl.col("signal").is_not_null()
@@ -128,20 +136,39 @@ def beat_partials(beats: pl.DataFrame, beats_rel: pl.DataFrame, groups: pl.DataF
         _, rm, r2 = _moments_np(rel, valid, starts)
         for g, row in enumerate(keys[starts].iter_rows()):
             acc[(*row, float(start), float(step), k)] = (n[g], sm[g], s2[g], rm[g], r2[g])
-        # waves: per record the mean relevance over the window's offsets, then moments over records
+        # waves: per record the mean relevance over its window's offsets (the record's delineated bounds, else
+        # the fixed window, also when the delineated window holds no offset of the grid), then moments over records
         off = (np.float64(start) + np.float64(step) * np.arange(k)).astype(np.float32).astype(np.float64)
         for wave, (a, b) in waves.items():
-            win = (off >= a) & (off <= b)
+            c_on, c_off, c_m = WAVE_COLUMNS.get(wave, (None, None, None))
+            fixed_win = (off >= a) & (off <= b)
+            lo, hi = np.full(part.height, float(a)), np.full(part.height, float(b))
+            dl = np.zeros(part.height, bool)
+            if c_on is not None:
+                on_v = part[c_on].fill_null(np.nan).to_numpy().astype(np.float64)
+                off_v = part[c_off].fill_null(np.nan).to_numpy().astype(np.float64)
+                dl = part[c_m].is_in(list(DELINEATED)).fill_null(False).to_numpy() \
+                    & np.isfinite(on_v) & np.isfinite(off_v) & (on_v <= off_v)
+                # float32 bounds as stored, compared on the float32 grid like the fixed ones
+                dwin = (off[None, :] >= on_v[:, None]) & (off[None, :] <= off_v[:, None])
+                dl &= (dwin & valid).any(1)
+                lo, hi = np.where(dl, on_v, lo), np.where(dl, off_v, hi)
+                win = np.where(dl[:, None], dwin, fixed_win[None, :])
+            else:
+                win = np.broadcast_to(fixed_win, rel.shape)
             if not win.any():
                 continue
             cnt = (valid & win).sum(1)
             with np.errstate(invalid="ignore", divide="ignore"):
                 per_rec = np.where(valid & win, rel, 0.0).sum(1) / cnt
-            ok = (cnt > 0)[:, None]
-            wn, wm, w2 = _moments_np(np.nan_to_num(per_rec)[:, None], ok, starts)
+            ok = cnt > 0
+            wn, wm, w2 = _moments_np(np.nan_to_num(per_rec)[:, None], ok[:, None], starts)
+            sums = np.add.reduceat(np.stack([ok & dl, np.where(ok, lo, 0.0), np.where(ok, hi, 0.0)], 1)
+                                   .astype(np.float64), starts, axis=0)
             wave_parts.append(keys[starts].with_columns(
                 pl.lit(wave).alias("wave"), pl.Series("n", wn[:, 0], pl.Int64), pl.Series("mean", wm[:, 0]),
-                pl.Series("m2", w2[:, 0])))
+                pl.Series("m2", w2[:, 0]), pl.Series("n_delineated", sums[:, 0], pl.Float64).cast(pl.Int64),
+                pl.Series("start_sum", sums[:, 1]), pl.Series("end_sum", sums[:, 2])))
     waves_df = merge_moments(pl.concat(wave_parts), ["method", "target", "group", "lead", "wave"]) \
         if wave_parts else empty_waves
     return acc, waves_df

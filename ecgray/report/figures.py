@@ -285,11 +285,24 @@ def fig_average_beats(beat_rel: pl.DataFrame, wave_rel: pl.DataFrame, method: st
                f"R-peak) of the {what[group]}{pred}, averaged over records, drawn in colour by its mean relevance "
                "for the class (red = evidence for, blue = against, white = none; colour scale centred at 0); the "
                f"grey band is the signal's 95 % CI and {ref_txt}. Shaded "
-               "windows: P (−250…−100 ms), QRS (−50…+60 ms), T (+120…+400 ms); the box gives the sign of the mean "
-               "wave relevance (+/− when its 95 % CI excludes 0, else 0). <i>Read off:</i> which part of the beat "
-               "(P wave, QRS, ST-T) in which lead drives the decision, and how the beat differs from "
+               "windows: the fixed reference windows P (−250…−100 ms), QRS (−50…+60 ms), T (+120…+400 ms); the box "
+               "gives the sign of the mean wave relevance (+/− when its 95 % CI excludes 0, else 0), each record's "
+               "relevance averaged over its own delineated P, QRS and T (ecgray.delineate), the fixed window only "
+               f"where a wave was not delineated{_delineated_txt(wave_rel, method, target, group)}. "
+               "<i>Read off:</i> which part of the beat (P wave, QRS, ST-T) in which lead drives the decision, and how the beat differs from "
                + ("normal" if reference == "normal" else f"the {what[reference]}") + " there.")
     return fig, caption
+
+
+def _delineated_txt(wave_rel: pl.DataFrame, method: str, target: str, group: str) -> str:
+    """Caption text: per wave, in how many of the group's records it was delineated (wave_relevance n_delineated)."""
+    if "n_delineated" not in wave_rel.columns:
+        return ""
+    w = (wave_rel.filter(method=method, target=target, group=group)
+         .group_by("wave", maintain_order=True).agg(pl.col("n_delineated").max(), pl.col("n").max()))
+    if not w.height:
+        return ""
+    return " (delineated: " + ", ".join(f"{wv} {d}/{n}" for wv, d, n in w.iter_rows()) + " records)"
 
 
 # --------------------------------------------------------------------------- (d) example heat-maps
