@@ -59,10 +59,12 @@ Definitions
   record's leads, averaged over the records (records with zero total skipped).
 * *rank*: 1 = largest mean (signed) relevance within method x target x group
   (ties share the smallest rank).
-* *waves*: fixed windows relative to the R-peak, both ends included,
-  :data:`WAVES` (P -250..-100 ms, QRS -50..+60 ms, T +120..+400 ms). A record's
-  wave relevance is the mean of its average-beat relevance over the window's
-  offsets; ``sign`` is ``"+"`` / ``"-"`` (ASCII) when the 95 % CI of the mean
+* *waves*: each record's delineated P, QRS and T (``beats.wave_<w>_on_ms`` /
+  ``_off_ms``, :mod:`ecgray.delineate`), else -- not delineated, or a schema <= 4
+  output -- the fixed windows :data:`WAVES` (P -250..-100 ms, QRS -50..+60 ms,
+  T +120..+400 ms), both ends included, counted in ``n_delineated`` / ``n_fixed``.
+  A record's wave relevance is the mean of its average-beat relevance over the
+  wave's offsets; ``sign`` is ``"+"`` / ``"-"`` (ASCII) when the 95 % CI of the mean
   over records lies above / below 0, else ``"0"``.
 * beats: ``beats_relevance`` rows join their window's ``beats`` row on
   ``(record_key, window, lead)``; the relevance is ``relevance * relevance_scale``
