@@ -323,6 +323,7 @@ def run_pipeline(
     run_id: Optional[str] = typer.Option(None, "--run-id", help="Run id stored in every row (default: random)."),
     torch_threads: Optional[int] = typer.Option(None, "--torch-threads", help="Torch threads per CPU attribution actor (default: half the cores / actors; all cores suit IG)."),
     object_store_mb: Optional[int] = typer.Option(None, "--object-store-mb", help="Object store of a local Ray instance in MB (default 256; ignored with RAY_ADDRESS)."),
+    evaluate_n: Optional[int] = typer.Option(None, "--evaluate", help="Then evaluate the maps of N record windows per class (`ecgray evaluate OUTPUT --sample N`, defaults; replaces an earlier evaluation)."),
 ) -> None:
     """Explain every record under --input with Ray Data; sharded, resumable Parquet tables under --output.
 
@@ -352,6 +353,14 @@ def run_pipeline(
                               num_attr_actors=num_actors, use_gpu=gpu, precision=precision, autocast=autocast,
                               batch_size=batch_size,
                               run_id=run_id, torch_threads=torch_threads)
+        evaluated = None
+        if evaluate_n is not None and summary.records_ok:
+            from .evaluate import evaluate
+            from .evaluate.summary import write_summary
+
+            print_summary(summary, console)
+            evaluated = evaluate(output, sample=evaluate_n, overwrite=True, use_gpu=gpu, console=console)
+            evaluated = (evaluated, write_summary(output))
     except KeyboardInterrupt:
         _interrupted(ray_session, output)
     except (PipelineError, ModelError, FileNotFoundError, ValueError) as exc:
@@ -361,7 +370,12 @@ def run_pipeline(
         ray_session.stop()
         raise
     ray_session.stop()
-    print_summary(summary, console)
+    if evaluated is None:
+        print_summary(summary, console)
+    else:
+        from .cli_evaluate import print_evaluation
+
+        print_evaluation(*evaluated)
     console.print("summary: " + json.dumps(summary.to_dict(), default=str), highlight=False, soft_wrap=True)
     if summary.records and summary.records_ok == 0:
         raise typer.Exit(1)

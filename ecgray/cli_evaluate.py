@@ -62,6 +62,11 @@ def evaluate_cmd(
         session.stop()
         raise
     session.stop()
+    print_evaluation(summary, tables)
+
+
+def print_evaluation(summary, tables) -> None:
+    """The evaluation's last lines: what was written, then one verdict per method x class."""
     console.print(f"evaluated {summary.n_records} record window(s) in {summary.seconds:.1f} s "
                   f"({summary.n_written} shard(s) written, {summary.n_kept} kept, {summary.n_errors} error row(s)) "
                   f"-> {summary.root}", highlight=False, soft_wrap=True)

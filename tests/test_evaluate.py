@@ -192,3 +192,36 @@ def test_cli(evaluated, tmp_path):
     assert set(_table(out, "faithfulness")["replacement"]) == {"noisy_linear"}
     res = CliRunner().invoke(app, ["evaluate", str(tmp_path)])
     assert res.exit_code == 2 and "no committed pipeline run" in res.output
+
+
+def test_resume_with_a_bigger_sample_replans_without_duplicates(run_out, tmp_path):
+    """--resume after the sample grew: shards planned otherwise are rewritten, none left twice."""
+    import shutil as _sh
+
+    from ecgray.evaluate import evaluate
+
+    _, out = run_out
+    copy = tmp_path / "copy"
+    _sh.copytree(out, copy, ignore=_sh.ignore_patterns("evaluation", "reduced", "report"))
+    first = evaluate(str(copy), sample=1, shard_size=2, n_subsets=8, tests=("faithfulness",))
+    with pytest.raises(PipelineError, match=r"settings changed \(sample"):
+        evaluate(str(copy), sample=2, shard_size=2, n_subsets=8, tests=("faithfulness",), resume=True)
+    bigger = evaluate(str(copy), sample=2, shard_size=2, n_subsets=8, tests=("faithfulness",), overwrite=True)
+    assert bigger.n_records >= first.n_records
+    f = _table(copy, "faithfulness")
+    assert f.height == f.select("record_key", "method", "target").unique().height
+
+
+def test_cli_run_then_evaluate(run_out, tmp_path):
+    from typer.testing import CliRunner
+
+    from ecgray.cli import app
+
+    inp, _ = run_out
+    out = tmp_path / "run and evaluate"
+    res = CliRunner().invoke(app, ["run", "-i", str(inp), "-o", str(out), "--model", "demo", "--method", "saliency",
+                                   "--evaluate", "1"])
+    assert res.exit_code == 0, res.output
+    assert "evaluated" in res.output and "saliency ×" in res.output and '"records_ok": 8' in res.output
+    assert (out / "reduced" / "evaluation_verdicts.parquet").exists()
+    assert _table(out, "faithfulness").height > 0

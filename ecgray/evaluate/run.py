@@ -37,7 +37,9 @@ log = logging.getLogger("ecgray.evaluate")
 
 #: largest |probability - the run's probability| accepted for a re-read record
 PROB_TOLERANCE = 1e-3
-SETTING_KEYS = ("config", "sample", "source_run_id", "model", "weights", "model_spec")
+#: what must match for ``--resume`` (not the run id: a resumed run that added records keeps the evaluation of
+#: the old ones valid -- each is checked against the run's probabilities again when re-evaluated)
+SETTING_KEYS = ("config", "sample", "model", "weights", "model_spec")
 
 
 @dataclass
@@ -220,6 +222,10 @@ def evaluate(output: str, config: EvaluateConfig | None = None, *, sample: int |
                                     "use --overwrite to start again")
             commits = estore.commits()
             kept = {k for k, m in commits.items() if k in plan and m.get("record_hash") == plan[k]["record_hash"]}
+            for k in set(commits) - kept:  # planned otherwise now (the sample grew): rewritten or gone
+                estore.rm(estore.commit_file(k))
+                for name in EVALUATION_TABLE_NAMES:
+                    estore.rm(estore.p(name, f"shard={k}"))
     estore.write_manifest({**settings, "evaluation_id": eid, "shards": plan, "n_shards": len(plan),
                            "n_records": len(chosen)})
     estore.rm(estore.p("_tmp"))
