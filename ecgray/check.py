@@ -35,6 +35,14 @@ RR in LBBB/1dAVb, coarse f-waves, f-waves only inside the TQ windows, width
 ``benchmarks/af_designs.py``, ``benchmarks/results/af_designs.json``) did not
 change that: f-wave ratio IG 0.74-1.79 (median 1.21), LRP-eps 0.51-1.37
 (0.70), LRP-alpha-beta 0.33-1.87 (0.70), Saliency 0.88-3.10 (1.40).
+
+The density ratio is not something the ground truth guarantees for AF: with the default
+``f_wave_support="all"`` the f-waves are everywhere, under the QRS-T too, so a model that uses them
+need not put its relevance in the TQ windows. :mod:`ecgray.groundtruth` adds what the synthetic
+records can guarantee -- the counterfactual test (the same record with its feature removed,
+:func:`ecgray.synth.without_feature`; the demo model's AF logit drops for every AF record) -- and the
+localisation metrics RMA, RRA, AUC-PR and signed share, negative controls and graded features
+(``benchmarks/groundtruth.py``, ``benchmarks/results/groundtruth.json``).
 """
 from __future__ import annotations
 

@@ -42,6 +42,33 @@ Truth rows (``simulate``'s second return value): dicts
   (lead ``"all"``): ``[q - 200 ms, q - 40 ms)`` before each QRS onset (clipped
   to the TQ segment) -- where a P wave with PR 120-200 ms would have been.
 
+Feature strength and negative controls (``feature_strength`` of :func:`simulate`,
+default 1.0 = the design above): 0 removes the class's planted feature, values in
+between grade it, and the rest of the record stays identical -- the same random
+numbers are drawn in the same order whatever the strength, so a record and its
+feature-removed copy (:func:`without_feature`) differ only by the feature:
+
+* ``AF``: the f-wave component is scaled by the strength (0: no f-waves; the
+  irregular RR and the absent P waves stay);
+* ``LBBB``: the QRS is a blend ``s * LBBB complex + (1 - s) * normal complex``
+  (the normal Q/R/S drawn with the same jitter numbers as R1/R2/QS), both at the
+  width interpolated from the normal one (the same quantile of 80-100 ms) to the
+  LBBB one, T amplitude blended LBBB -> normal and the ST/T timing interpolated
+  (0: a normal QRS-T; the P waves and RR stay);
+* ``1dAVb``: PR interpolated from the normal one (the same quantile of 130-200 ms)
+  to the 1dAVb one (0: only the P waves move);
+* ``SB`` / ``ST``: the heart rate interpolated from the normal one (the same
+  quantile of 60-100 bpm; ST also its PR and P duration); all beats move;
+* ``normal``: no planted feature; the strength has no effect.
+
+Truth rows name what is planted: at strength 0 AF records have no ``f_wave`` rows
+(``no_P`` stays) and LBBB records no per-lead rows. :data:`CONTROL_KINDS`
+(``AF_ctrl``, ``LBBB_ctrl``, ``1dAVb_ctrl``) are those kinds at strength 0, with an
+all-zero target (:func:`target_vector`): negative controls drawn from the same
+distribution as the class except for its feature (e.g. AF_ctrl: the same irregular
+RR and no P waves, but no f-waves). :func:`training_arrays` / :func:`truth_arrays`
+accept them in ``n_per_class``; :func:`graded_arrays` draws a strength per record.
+
 Noise (options of :func:`simulate`): white Gaussian noise ``noise`` (mV SD),
 baseline wander ``baseline_wander`` (mV; two sinusoids 0.05-0.5 Hz),
 ``powerline`` (mV, 50 Hz), ``amplitude_jitter`` (relative SD of a per-record
@@ -67,6 +94,9 @@ KINDS = ("normal", "AF", "LBBB", "1dAVb", "SB", "ST")
 LBBB_QRS_LEADS = ("DI", "AVL", "V1", "V2", "V5", "V6")
 LBBB_T_LEADS = ("DI", "AVL", "V1", "V5", "V6")
 TRUTH_FEATURES = ("P", "QRS", "T", "f_wave", "no_P")
+CONTROL_KINDS = ("AF_ctrl", "LBBB_ctrl", "1dAVb_ctrl")  # the kind at feature_strength 0, all-zero target
+ALL_KINDS = KINDS + CONTROL_KINDS
+_NORMAL_HR = (60, 100)  # bpm; SB/ST at feature_strength < 1 move towards it (same quantile)
 
 _L = {name: i for i, name in enumerate(MODEL_LEADS)}
 
@@ -110,8 +140,12 @@ def _add_wave(sig: np.ndarray, start: int, stop: int, amps: np.ndarray) -> None:
 
 
 def _rr_series(rng: np.random.Generator, kind: str, span: float, *, sinus_arrhythmia: float,
-               irregular: bool = False) -> np.ndarray:
-    """RR intervals (s) covering ``span`` seconds."""
+               irregular: bool = False, strength: float = 1.0) -> np.ndarray:
+    """RR intervals (s) covering ``span`` seconds.
+
+    ``strength`` < 1 (SB, ST): the rate moves to the same quantile of the normal range; the random
+    numbers drawn do not change (the beat-to-beat jitter is repeated cyclically if more beats are needed).
+    """
     if irregular:  # sinus rhythm with irregular RR (frequent atrial ectopy): AF-like RR, P waves kept
         kind = "AF"  # the same RR distribution as AF: RR carries no information on AF vs this
     if kind == "AF":
@@ -119,12 +153,18 @@ def _rr_series(rng: np.random.Generator, kind: str, span: float, *, sinus_arrhyt
         n = int(span / mean_rr) + 4
         return np.clip(mean_rr * rng.lognormal(-0.05, 0.32, n), 0.36, 1.8)
     hr = {"normal": (60, 100), "1dAVb": (55, 85), "LBBB": (60, 100), "SB": (40, 57), "ST": (105, 140)}[kind]
-    rr0 = 60.0 / rng.uniform(*hr)
-    n = int(span / rr0) + 4
-    t = np.cumsum(np.full(n, rr0))
+    u = rng.uniform(*hr)
+    rr0 = 60.0 / u
+    n = int(span / rr0) + 4  # beats drawn (fixes the random numbers consumed)
+    if strength != 1.0 and kind in ("SB", "ST"):
+        q = (u - hr[0]) / (hr[1] - hr[0])
+        rr0 = 60.0 / ((1.0 - strength) * (_NORMAL_HR[0] + q * (_NORMAL_HR[1] - _NORMAL_HR[0])) + strength * u)
+    m = max(n, int(span / rr0) + 4)
+    t = np.cumsum(np.full(m, rr0))
     resp = rng.uniform(0.15, 0.35)  # respiratory frequency (Hz)
     rr = rr0 * (1.0 + sinus_arrhythmia * np.sin(2 * np.pi * resp * t + rng.uniform(0, 2 * np.pi)))
-    rr *= 1.0 + 0.01 * rng.standard_normal(n)
+    eps = rng.standard_normal(n)
+    rr *= 1.0 + 0.01 * (eps if m == n else np.resize(eps, m))
     return rr
 
 
@@ -133,9 +173,9 @@ def simulate(kind: str, *, fs: float = 400, duration: float = 10.24, seed: int =
              sinus_arrhythmia: float | None = None, irregular: bool | None = None,
              f_wave_amplitude: tuple[float, float] = (0.05, 0.15), p_irregular: float = 0.4,
              p_junctional: float = 0.0, junctional: bool | None = None, p_irregular_other: float = 0.0,
-             f_wave_support: str = "all", f_wave_taper: float = 0.02,
+             f_wave_support: str = "all", f_wave_taper: float = 0.02, feature_strength: float = 1.0,
              ) -> tuple[np.ndarray, list[dict]]:
-    """One synthetic 12-lead ECG of class ``kind`` (see :data:`KINDS`) and its truth windows.
+    """One synthetic 12-lead ECG of class ``kind`` (see :data:`KINDS`, :data:`CONTROL_KINDS`) and its truth windows.
 
     Returns ``(sig, truth)``: ``sig`` float32 ``(round(duration*fs), 12)`` in mV,
     leads in model order (:data:`MODEL_LEADS`); ``truth`` a list of
@@ -158,9 +198,20 @@ def simulate(kind: str, *, fs: float = 400, duration: float = 10.24, seed: int =
     ``f_wave_taper`` seconds, so that the planted feature has exact support like
     every other wave. The defaults reproduce the demo model's training data; the
     other designs are compared in ``benchmarks/af_designs.py``.
+    ``feature_strength`` (0..1, default 1): how much of the class's planted feature the
+    record has, everything else identical (module docstring); ``kind="AF_ctrl"`` etc.
+    is ``kind="AF", feature_strength=0``.
     """
-    if kind not in KINDS:
-        raise ValueError(f"unknown kind {kind!r}; use one of {KINDS}")
+    if kind not in ALL_KINDS:
+        raise ValueError(f"unknown kind {kind!r}; use one of {ALL_KINDS}")
+    if kind in CONTROL_KINDS:
+        if feature_strength != 1.0:
+            raise ValueError(f"{kind!r} is a control (feature_strength 0); do not pass feature_strength")
+        kind, s_feat = kind[:-len("_ctrl")], 0.0
+    else:
+        s_feat = float(feature_strength)
+    if not 0.0 <= s_feat <= 1.0:
+        raise ValueError(f"feature_strength must be in [0, 1], not {feature_strength!r}")
     rng = np.random.default_rng(seed)
     n = int(round(duration * fs))
     sig = np.zeros((n, 12))
@@ -186,7 +237,8 @@ def simulate(kind: str, *, fs: float = 400, duration: float = 10.24, seed: int =
     if irregular and junctional:
         raise ValueError("irregular and junctional are exclusive")
     for _ in range(100):  # AF (and irregular sinus): redraw until the RR seen in the record has CV >= 0.18
-        rr = _rr_series(rng, kind, duration + 2.0, sinus_arrhythmia=sinus_arrhythmia, irregular=irregular)
+        rr = _rr_series(rng, kind, duration + 2.0, sinus_arrhythmia=sinus_arrhythmia, irregular=irregular,
+                        strength=s_feat)
         onsets = -rng.uniform(0.3, 1.0) + np.concatenate([[0.0], np.cumsum(rr)])
         onsets = onsets[onsets < duration + 0.5]
         if kind != "AF" and not irregular:
@@ -197,19 +249,38 @@ def simulate(kind: str, *, fs: float = 400, duration: float = 10.24, seed: int =
 
     g = 1.0 + amplitude_jitter * rng.standard_normal(12)  # per-lead gain (electrode/body habitus)
     g_rec = np.exp(0.15 * rng.standard_normal())
-    jit = lambda base: base * g * g_rec * (1.0 + amplitude_jitter * rng.standard_normal(12))  # noqa: E731
+    mk = lambda base, z: base * g * g_rec * (1.0 + amplitude_jitter * z)  # noqa: E731
+    s1 = s_feat == 1.0
+    mix = lambda a, b: (1.0 - s_feat) * a + s_feat * b  # noqa: E731  (normal value a -> feature value b)
+    z = [rng.standard_normal(12) for _ in range(4)]  # the jitter of the four QRS-T templates
+    normal_w = None  # LBBB at strength < 1: the normal Q/R/S drawn with the same jitter, weight 1 - strength
     if kind == "LBBB":
-        waves = {"R1": jit(_LBBB_R1), "R2": jit(_LBBB_R2), "QS": jit(_LBBB_QS), "T": jit(_LBBB_T)}
+        waves = {"R1": mk(_LBBB_R1, z[0]), "R2": mk(_LBBB_R2, z[1]), "QS": mk(_LBBB_QS, z[2]), "T": mk(_LBBB_T, z[3])}
         qrs_s = rng.uniform(0.13, 0.16)
+        if not s1:
+            nt = mk(_NORMAL_T, z[3])
+            normal_w = {"Q": mk(_NORMAL_Q, z[0]) * (1.0 - s_feat), "R": mk(_NORMAL_R, z[1]) * (1.0 - s_feat),
+                        "S": mk(_NORMAL_S, z[2]) * (1.0 - s_feat)}
+            waves = {"R1": waves["R1"] * s_feat, "R2": waves["R2"] * s_feat, "QS": waves["QS"] * s_feat,
+                     "T": mix(nt, waves["T"])}
+            qrs_s = mix(0.08 + (qrs_s - 0.13) * (0.02 / 0.03), qrs_s)
     else:
-        waves = {"Q": jit(_NORMAL_Q), "R": jit(_NORMAL_R), "S": jit(_NORMAL_S), "T": jit(_NORMAL_T)}
+        waves = {"Q": mk(_NORMAL_Q, z[0]), "R": mk(_NORMAL_R, z[1]), "S": mk(_NORMAL_S, z[2]), "T": mk(_NORMAL_T, z[3])}
         qrs_s = rng.uniform(0.08, 0.10)
-    p_amp = jit(_P)
-    pr_s = rng.uniform(0.24, 0.32) if kind == "1dAVb" else (rng.uniform(0.12, 0.15) if kind == "ST"
-                                                            else rng.uniform(0.13, 0.20))
-    p_dur = 0.10 if kind != "ST" else 0.08
+    p_amp = mk(_P, rng.standard_normal(12))
+    if kind == "1dAVb":
+        pr_s = rng.uniform(0.24, 0.32)
+        pr_s = pr_s if s1 else mix(0.13 + (pr_s - 0.24) * (0.07 / 0.08), pr_s)
+    elif kind == "ST":
+        pr_s = rng.uniform(0.12, 0.15)
+        pr_s = pr_s if s1 else mix(0.13 + (pr_s - 0.12) * (0.07 / 0.03), pr_s)
+    else:
+        pr_s = rng.uniform(0.13, 0.20)
+    p_dur = 0.10 if kind != "ST" else (0.08 if s1 else mix(0.10, 0.08))
     mean_rr = float(np.mean(rr))
     st_k, tw_k = (0.04, 0.20) if kind == "LBBB" else (0.08, 0.17)
+    if kind == "LBBB" and not s1:
+        st_k, tw_k = mix(0.08, 0.04), mix(0.17, 0.20)
     rr_t = 0.65 if (kind == "AF" or irregular) else mean_rr  # T does not follow an irregular RR
     st_s, tw_s = st_k * np.sqrt(rr_t), tw_k * np.sqrt(rr_t)
 
@@ -225,11 +296,15 @@ def simulate(kind: str, *, fs: float = 400, duration: float = 10.24, seed: int =
         q = S(q_t)
         bgain = 1.0 + 0.05 * rng.standard_normal()
         qa, qb = q, q + q_len
-        if kind == "LBBB":
+        if kind == "LBBB" and s_feat > 0:
             _add_wave(sig, q, q + S(0.62 * qrs_s), waves["R1"] * bgain)
             _add_wave(sig, q + S(0.38 * qrs_s), qb, waves["R2"] * bgain)
             _add_wave(sig, q + S(0.05 * qrs_s), qb, waves["QS"] * bgain)
-        else:
+        if normal_w is not None:
+            _add_wave(sig, q, q + S(0.22 * qrs_s), normal_w["Q"] * bgain)
+            _add_wave(sig, q + S(0.12 * qrs_s), q + S(0.68 * qrs_s), normal_w["R"] * bgain)
+            _add_wave(sig, q + S(0.55 * qrs_s), qb, normal_w["S"] * bgain)
+        elif kind != "LBBB":
             _add_wave(sig, q, q + S(0.22 * qrs_s), waves["Q"] * bgain)
             _add_wave(sig, q + S(0.12 * qrs_s), q + S(0.68 * qrs_s), waves["R"] * bgain)
             _add_wave(sig, q + S(0.55 * qrs_s), qb, waves["S"] * bgain)
@@ -237,11 +312,11 @@ def simulate(kind: str, *, fs: float = 400, duration: float = 10.24, seed: int =
         _add_wave(sig, ta, tb, waves["T"] * bgain)
         if inside(qa, qb):
             truth.append({"feature": "QRS", "lead": "all", "start": qa, "stop": qb})
-            if kind == "LBBB":
+            if kind == "LBBB" and s_feat > 0:
                 truth += [{"feature": "QRS", "lead": ld, "start": qa, "stop": qb} for ld in LBBB_QRS_LEADS]
         if inside(ta, tb):
             truth.append({"feature": "T", "lead": "all", "start": ta, "stop": tb})
-            if kind == "LBBB":
+            if kind == "LBBB" and s_feat > 0:
                 truth += [{"feature": "T", "lead": ld, "start": ta, "stop": tb} for ld in LBBB_T_LEADS]
         if kind != "AF" and not junctional:
             pa = q - S(pr_s)
@@ -260,7 +335,7 @@ def simulate(kind: str, *, fs: float = 400, duration: float = 10.24, seed: int =
                 ga, gb = max(prev_t_end, 0), min(q, n)
                 tq_gate[ga:gb] = g[ga - prev_t_end:gb - prev_t_end]
             fa, fb = max(prev_t_end, 0), min(q, n)
-            if fb > fa:
+            if fb > fa and s_feat > 0:
                 truth.append({"feature": "f_wave", "lead": "all", "start": fa, "stop": fb})
             na, nb = max(q - S(0.20), prev_t_end, 0), min(q - S(0.04), n)
             if nb > na:
@@ -277,6 +352,8 @@ def simulate(kind: str, *, fs: float = 400, duration: float = 10.24, seed: int =
         fw = amp * (np.sin(phase) + 0.3 * np.sin(2 * phase + rng.uniform(0, 2 * np.pi)))
         if f_wave_support == "tq":
             fw = fw * tq_gate
+        if not s1:
+            fw = fw * s_feat
         lead_w = _F_WAVE * (1.0 + 0.15 * rng.standard_normal(12))
         sig += fw[:, None] * lead_w[None, :]
     if baseline_wander:
@@ -295,22 +372,63 @@ def simulate(kind: str, *, fs: float = 400, duration: float = 10.24, seed: int =
 def _kinds_list(n_per_class: dict | int) -> list[str]:
     if isinstance(n_per_class, int):
         n_per_class = {k: n_per_class for k in KINDS}
-    bad = [k for k in n_per_class if k not in KINDS]
+    bad = [k for k in n_per_class if k not in ALL_KINDS]
     if bad:
-        raise ValueError(f"unknown kinds {bad}; use {KINDS}")
-    return [k for k in KINDS for _ in range(int(n_per_class.get(k, 0)))]
+        raise ValueError(f"unknown kinds {bad}; use {ALL_KINDS}")
+    return [k for k in ALL_KINDS for _ in range(int(n_per_class.get(k, 0)))]
 
 
 def _record_seeds(seed: int, count: int) -> np.ndarray:
     return np.random.default_rng([seed, 0x5EC6]).integers(0, 2**31 - 1, size=count)
 
 
+def record_seeds(seed: int, count: int) -> np.ndarray:
+    """The per-record seeds :func:`training_arrays` / :func:`truth_arrays` use for records ``0..count-1``."""
+    return _record_seeds(seed, count)
+
+
 def target_vector(kind: str) -> np.ndarray:
-    """Multi-hot target in :data:`CLASSES` order (normal: all zeros)."""
+    """Multi-hot target in :data:`CLASSES` order (normal and the :data:`CONTROL_KINDS`: all zeros)."""
     y = np.zeros(len(CLASSES), np.float32)
-    if kind != "normal":
+    if kind != "normal" and kind not in CONTROL_KINDS:
         y[CLASSES.index(kind)] = 1.0
     return y
+
+
+def without_feature(kind: str, *, seed: int = 0, **sim_kw) -> tuple[np.ndarray, list[dict]]:
+    """The record ``simulate(kind, seed=seed, **sim_kw)`` without its planted feature (``feature_strength=0``).
+
+    Everything else is identical (same random numbers): for AF the difference is exactly the f-wave
+    component; for LBBB it is confined to each beat's QRS onset .. T end; for 1dAVb to the P waves.
+    """
+    if kind in CONTROL_KINDS or kind == "normal":
+        raise ValueError(f"{kind!r} has no planted feature to remove")
+    return simulate(kind, seed=seed, **{**sim_kw, "feature_strength": 0.0})
+
+
+def graded_arrays(kind: str, n: int, *, seed: int, low: float = 0.0, high: float = 1.0, threshold: float = 0.5,
+                  fs: float = 400, n_samples: int = 4096, **sim_kw):
+    """``n`` records of ``kind`` with ``feature_strength`` drawn uniformly in ``[low, high]`` per record.
+
+    Returns ``(X (n, 12, n_samples) float32, strength (n,), y (n,) float32, truths, seeds)``:
+    ``y = strength >= threshold`` is the label the records carry for ``kind`` (so that a model's
+    probabilities can be scored; records near the threshold are where misclassifications are
+    expected); ``seeds`` the record seeds (``simulate(kind, seed=seeds[i], feature_strength=strength[i])``).
+    The strengths come from their own generator (``[seed, 0x57E6]``), the record seeds from
+    :func:`record_seeds` (as :func:`truth_arrays`).
+    """
+    if kind not in KINDS or kind == "normal":
+        raise ValueError(f"graded_arrays needs a kind with a feature ({KINDS[1:]}), not {kind!r}")
+    seeds = _record_seeds(seed, n)
+    strength = np.random.default_rng([seed, 0x57E6]).uniform(low, high, size=n)
+    X = np.empty((n, 12, n_samples), np.float32)
+    truths = []
+    for i in range(n):
+        sig, tr = simulate(kind, fs=fs, duration=n_samples / fs, seed=int(seeds[i]),
+                           feature_strength=float(strength[i]), **sim_kw)
+        X[i] = sig.T
+        truths.append(tr)
+    return X, strength, (strength >= threshold).astype(np.float32), truths, seeds
 
 
 def training_arrays(n_per_class: dict | int, *, seed: int, fs: float = 400, n_samples: int = 4096,
@@ -373,6 +491,8 @@ def write_dataset(out_dir: str | Path, n_per_class: dict | int, *, seed: int = 0
     kinds = _kinds_list(n_per_class)
     seeds = _record_seeds(seed, len(kinds))
     cols: dict[str, list] = {c: [] for c in ("record_id", "label", "feature", "lead", "start", "stop", "fs")}
+    if any(k in CONTROL_KINDS for k in kinds):
+        raise ValueError("control kinds have no SNOMED code; use training_arrays / truth_arrays")
     for i, (k, s) in enumerate(zip(kinds, seeds)):
         rid = f"S{i + 1:04d}"
         sig, truth = simulate(k, fs=fs, duration=duration, seed=int(s), **sim_kw)

@@ -69,12 +69,10 @@ def test_af_net_relevance_in_f_wave_segments(result, method):
     assert rows[(method, "AF", "QRS")]["net_share_in"] < r["net_share_in"]
 
 
-@pytest.mark.xfail(reason="brief's criterion not met by the demo model: AF f_wave positive-density ratio "
-                          "~0.6-0.9 (< 2) with IG and LRP; see module docstring", strict=False)
-@pytest.mark.parametrize("method", METHODS)
-def test_af_relevance_density_in_f_wave_segments(result, method):
-    rows, _ = result
-    assert rows[(method, "AF", "f_wave")]["ratio"] >= 2
+# Retired (issue 16): "positive density in the f-wave windows >= 2x for every method". The ground truth does
+# not guarantee it: a negative-control model whose only evidence is the f-waves (removing them flips 100 % of
+# its AF decisions) still has IG / LRP-eps density ratios below 1 there (benchmarks/results/groundtruth.json).
+# What the ground truth guarantees -- the counterfactual drop -- is asserted in tests/test_groundtruth.py.
 
 
 def test_af_designs_script(tmp_path, monkeypatch):
