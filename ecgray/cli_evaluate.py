@@ -18,6 +18,7 @@ def evaluate_cmd(
     sample: Optional[int] = typer.Option(None, "--sample", help="Evaluate at most N record windows per class (seeded, class-stratified); default: all."),
     tests: str = typer.Option("faithfulness,randomisation,agreement", "--tests", help="Comma-separated: faithfulness, randomisation, agreement."),
     replacement: str = typer.Option("zero", "--replacement", help="What replaces a removed block: zero, linear, noisy_linear (ROAD)."),
+    segments: str = typer.Option("blocks", "--segments", help="What the deletion curves remove, per lead: 'blocks' (fixed, --block-ms) or 'waves' (each beat's P, PR, QRS, ST, T, TQ, delineated)."),
     block_ms: float = typer.Option(40.0, "--block-ms", help="Block length (ms) of the deletion curves; one block = one lead x this span."),
     models: Optional[List[str]] = typer.Option(None, "--models", help="Further models (names or weight files; comma-separated) for the agreement across models, e.g. demo-seed1.safetensors."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sample, the random orders and subsets, the randomised weights."),
@@ -36,7 +37,7 @@ def evaluate_cmd(
     from .store import PipelineError
 
     options: dict = {"tests": tuple(t.strip() for t in tests.split(",") if t.strip()), "replacement": replacement,
-                     "block_ms": block_ms, "seed": seed,
+                     "segments": segments, "block_ms": block_ms, "seed": seed,
                      "models": tuple(m.strip() for item in models or [] for m in item.split(",") if m.strip())}
     targets = _parse_targets(target)
     if target and targets is None:

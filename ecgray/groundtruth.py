@@ -372,3 +372,36 @@ def graded_report(model, kind: str, n: int, *, seed: int = GT_SEED, methods: Ite
             row[f"mean_in_{g}"] = float(r_in[sel].mean()) if sel.any() else None
         out["methods"][name] = row
     return out
+
+
+def print_reports(reports: Sequence[dict], console=None) -> None:
+    """Rich tables of :func:`class_report` results: the counterfactual test per class, then the
+    localisation metrics per method x class (``ecgray check``)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    t = Table(title="counterfactual test: logit drop when the planted feature is removed vs an equal amount of "
+                    "signal elsewhere (correctly classified held-out records)")
+    for c in ("class", "n", "feature: share dropped", "median drop", "noise elsewhere: share / median",
+              "zeros elsewhere: share / median", "feature removal: p < 0.5"):
+        t.add_column(c, justify="left" if c == "class" else "right")
+    f = lambda s, k, fmt: "–" if s.get(k) is None else format(s[k], fmt)  # noqa: E731
+    for r in reports:
+        cf = r["counterfactual"]
+        fe, rn, rz = cf.get("feature", {}), cf.get("random_noise", {}), cf.get("random_zero", {})
+        t.add_row(r["kind"], str(r["n_correct"]), f(fe, "frac_drop_positive", ".0%"), f(fe, "median_drop", "+.2f"),
+                  f"{f(rn, 'frac_drop_positive', '.0%')} / {f(rn, 'median_drop', '+.2f')}",
+                  f"{f(rz, 'frac_drop_positive', '.0%')} / {f(rz, 'median_drop', '+.2f')}",
+                  f(fe, "frac_below_0.5", ".0%"))
+    console.print(t)
+    t = Table(title="localisation in the planted windows (chance = share of cells inside)")
+    for c in ("method", "class", "n", "density in/out", "signed share", "cells in", "RMA", "RRA", "AUC-PR"):
+        t.add_column(c, justify="left" if c in ("method", "class") else "right")
+    for r in reports:
+        for m, loc in r["methods"].items():
+            if not loc.get("n_records"):
+                continue
+            t.add_row(m, r["kind"], str(loc["n_records"]), f(loc, "density_ratio", ".2f"), f(loc, "signed_share", ".2f"),
+                      f(loc, "frac_cells_in", ".2f"), f(loc, "rma", ".2f"), f(loc, "rra", ".2f"), f(loc, "auc_pr", ".2f"))
+    console.print(t)

@@ -18,18 +18,20 @@ EVALUATION_TABLES: dict[str, pa.Schema] = {
     # One row per record x method x target x order x step of a deletion curve.
     "deletion": pa.schema(_eval + _mt + [
         pa.field("replacement", pa.string(), nullable=False),  # zero | linear | noisy_linear
-        pa.field("block_ms", pa.float32(), nullable=False),
+        pa.field("segments", pa.string(), nullable=False),  # blocks | waves | blocks (no beats): a waves run's fallback
+        pa.field("block_ms", pa.float32()),  # blocks: their length; waves: null
         pa.field("order", pa.string(), nullable=False),  # morf | lerf | random
         pa.field("step", pa.int32(), nullable=False),
-        pa.field("fraction", pa.float32(), nullable=False),  # share of the record's blocks removed
+        pa.field("fraction", pa.float32(), nullable=False),  # share of the record's segments removed
         pa.field("logit", pa.float32()),
         pa.field("probability", pa.float32()),
     ]),
     # One row per record x method x target: the curves' areas and the faithfulness correlation.
     "faithfulness": pa.schema(_eval + _mt + [
         pa.field("replacement", pa.string(), nullable=False),
-        pa.field("block_ms", pa.float32(), nullable=False),
-        pa.field("n_blocks", pa.int32(), nullable=False),
+        pa.field("segments", pa.string(), nullable=False),
+        pa.field("block_ms", pa.float32()),
+        pa.field("n_segments", pa.int32(), nullable=False),
         pa.field("label", pa.bool_()),  # label_<target> of the run's records table; null when unknown
         pa.field("probability", pa.float32()),
         pa.field("logit", pa.float32()),
@@ -69,7 +71,8 @@ _sim = [pa.field("spearman_abs", _f64), pa.field("spearman_abs_ci_low", _f64),
 EVALUATION_SUMMARY_TABLES: dict[str, pa.Schema] = {
     # per method x target x replacement: the mean curve-area differences with 95 % CIs (normal approximation)
     "evaluation_faithfulness": pa.schema(_mt + [
-        pa.field("replacement", pa.string(), nullable=False), pa.field("n", pa.int64(), nullable=False),
+        pa.field("replacement", pa.string(), nullable=False), pa.field("segments", pa.string(), nullable=False),
+        pa.field("n", pa.int64(), nullable=False),
         pa.field("random_minus_morf", _f64), *_ci,
         pa.field("frac_morf_faster", _f64),  # share of record windows with random_minus_morf > 0
         pa.field("lerf_minus_morf", _f64),
@@ -77,7 +80,8 @@ EVALUATION_SUMMARY_TABLES: dict[str, pa.Schema] = {
     ]),
     # per method x target x replacement x order x step: the mean deletion curve
     "evaluation_deletion": pa.schema(_mt + [
-        pa.field("replacement", pa.string(), nullable=False), pa.field("order", pa.string(), nullable=False),
+        pa.field("replacement", pa.string(), nullable=False), pa.field("segments", pa.string(), nullable=False),
+        pa.field("order", pa.string(), nullable=False),
         pa.field("step", pa.int32(), nullable=False), pa.field("fraction", pa.float32(), nullable=False),
         pa.field("n", pa.int64(), nullable=False), pa.field("logit", _f64), *_ci,
         pa.field("logit_drop", _f64),  # mean of (logit at step 0 - logit at this step)

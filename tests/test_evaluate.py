@@ -186,10 +186,13 @@ def test_cli(evaluated, tmp_path):
     res = CliRunner().invoke(app, ["evaluate", str(out), "--sample", "1", "--tests", "faithfulness"])
     assert res.exit_code == 2 and "already holds an evaluation" in res.output
     res = CliRunner().invoke(app, ["evaluate", str(out), "--sample", "1", "--tests", "faithfulness,agreement",
-                                   "--methods", "saliency", "--replacement", "noisy_linear", "--overwrite"])
+                                   "--methods", "saliency", "--replacement", "noisy_linear", "--segments", "waves",
+                                   "--overwrite"])
     assert res.exit_code == 0, res.output
     assert "cost per record x target x method: 59 forwards" in res.output and "trust" in res.output
-    assert set(_table(out, "faithfulness")["replacement"]) == {"noisy_linear"}
+    f = _table(out, "faithfulness")
+    assert set(f["replacement"]) == {"noisy_linear"} and set(f["segments"]) == {"waves"}
+    assert f["block_ms"].null_count == f.height and (f["n_segments"] > 12 * 10).all()  # >= 10 segments per lead
     res = CliRunner().invoke(app, ["evaluate", str(tmp_path)])
     assert res.exit_code == 2 and "no committed pipeline run" in res.output
 

@@ -221,3 +221,48 @@ def test_stratified_sample():
     assert {r["record_key"] for r in s} <= {r["record_key"] for r in bigger}  # growing N only adds
     assert stratified_sample(rows, "ABC", 3, seed=2) != s
     assert stratified_sample(rows, "ABC", None) == rows
+
+
+def test_wave_segments_follow_the_synthetic_truth():
+    """``segments="waves"``: the samples of each planted P / QRS / T (interior beats) mostly fall in a segment of
+    that wave (measured 0.78-1.0 per wave and class), every segment lies in one lead, and ids are dense."""
+    from ecgray.evaluate.perturb import segment_mask, wave_labels
+    from ecgray.synth import simulate
+
+    for kind in ("normal", "1dAVb", "LBBB", "AF"):
+        sig, truth = simulate(kind, fs=400, seed=3, duration=10.24)
+        labels, names = wave_labels(sig.T, 400)
+        assert labels.shape == (12, 4096) and len(names) == labels.max() + 1
+        per_lead = (labels.max() + 1) // 12
+        assert (labels // per_lead == np.arange(12)[:, None]).all()  # a segment never crosses leads
+        ids = labels[1]
+        for f in ("P", "QRS", "T"):
+            spans = [t for t in truth if t["feature"] == f and t["lead"] == "all" and 400 < t["start"] < 3600]
+            if kind == "AF" and f == "P":
+                assert not spans and "P" not in names
+                continue
+            inside = [names[i] == f for t in spans for i in ids[t["start"]:t["stop"]]]
+            assert np.mean(inside) >= 0.75, (kind, f, np.mean(inside))
+        m = segment_mask([0, per_lead + 1], labels)
+        assert m.sum() == (labels == 0).sum() + (labels == per_lead + 1).sum()
+
+
+def test_wave_segment_deletion_of_a_linear_model():
+    """The closed form of the linear model holds for any segmentation: MoRF over wave segments removes the
+    largest segment sums first."""
+    from ecgray.evaluate.perturb import segment_scores, wave_labels
+    from ecgray.synth import simulate
+
+    sig, _ = simulate("normal", fs=100, seed=1, duration=2.0)
+    x = sig.T[:3].astype(np.float32)  # I, II, III at 100 Hz x 200 samples: the linear model's input
+    got = wave_labels(x, 100)
+    assert got is not None
+    labels, _ = got
+    model = LinearECG().eval()
+    rel = model.w[2].detach().numpy().astype(np.float64) * x
+    f = faithfulness(model, x, rel, 2, labels=labels, rng=order_seed(0, "r"))
+    z0 = float(model(torch.from_numpy(x[None]))[0, 2].detach())
+    sc = np.sort(segment_scores(rel, labels))[::-1]
+    expect = [z0 - sc[:int(round(fr * sc.size))].sum() for fr in DEFAULT_FRACTIONS]
+    np.testing.assert_allclose(f.logits["morf"], expect, rtol=1e-4, atol=1e-3)
+    assert f.n_segments == sc.size

@@ -288,3 +288,17 @@ def test_class_and_graded_reports_run(demo):
     g = gt.graded_report(demo, "AF", 6, methods=("saliency",))
     assert g["tp"] + g["fp"] + g["fn"] + g["tn"] == 6
     assert set(g["methods"]["saliency"]) >= {"spearman_in_strength", "spearman_in_p", "mean_in_fp", "mean_in_fn"}
+
+
+def test_cli_check_prints_the_counterfactual_and_localisation_tables():
+    from typer.testing import CliRunner
+
+    from ecgray.cli import app
+
+    res = CliRunner().invoke(app, ["check", "-n", "2", "--method", "saliency", "--counterfactual", "AF"],
+                             env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "counterfactual test" in res.output and "localisation in the planted windows" in res.output
+    assert "│ AF " in res.output and "RMA" in res.output
+    res = CliRunner().invoke(app, ["check", "-n", "2", "--method", "saliency", "--counterfactual", "RBBBX"])
+    assert res.exit_code == 2 and "not among the model's classes" in res.output

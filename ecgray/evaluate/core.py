@@ -25,13 +25,15 @@ import pyarrow as pa
 from ecgray.attribution import attribute, resolve_method
 from ecgray.evaluate.faithfulness import (DEFAULT_FRACTIONS, N_SUBSETS, ORDERS, SUBSET_FRACTION, faithfulness,
                                           forward_logits, order_seed, probabilities)
-from ecgray.evaluate.perturb import REPLACEMENTS, ROAD_NOISE, block_samples
+from ecgray.evaluate.perturb import REPLACEMENTS, ROAD_NOISE, block_labels, block_samples, wave_labels
 from ecgray.evaluate.randomisation import cascade, cascade_layers
 from ecgray.evaluate.similarity import TOPK_FRACTION, similarity
 from ecgray.models.spec import spec_of
 from ecgray.schemas.tables import from_rows
 
 TESTS = ("faithfulness", "randomisation", "agreement")
+#: what the deletion curves remove (ecgray.evaluate.perturb): fixed blocks x lead, or each beat's waves x lead
+SEGMENTS = ("blocks", "waves")
 THRESHOLD = 0.5
 
 
@@ -44,6 +46,7 @@ class EvaluateConfig:
     targets: str | tuple[str, ...] = "predicted"
     tests: tuple[str, ...] = TESTS
     replacement: str = "zero"
+    segments: str = "blocks"
     block_ms: float = 40.0
     fractions: tuple[float, ...] = DEFAULT_FRACTIONS
     n_subsets: int = N_SUBSETS
@@ -73,6 +76,8 @@ class EvaluateConfig:
         if self.replacement not in REPLACEMENTS:
             raise ValueError(f"replacement must be one of {REPLACEMENTS}, got {self.replacement!r}")
         block_samples(self.block_ms, 1000.0)  # checks > 0
+        if self.segments not in SEGMENTS:
+            raise ValueError(f"segments must be one of {SEGMENTS}, got {self.segments!r}")
         object.__setattr__(self, "fractions", tuple(float(f) for f in self.fractions))
         object.__setattr__(self, "models", tuple(self.models))
         if self.n_subsets < 2:
@@ -116,7 +121,6 @@ def evaluate_batch(model, x: np.ndarray, rows: Sequence[Mapping[str, Any]], cfg:
     spec = spec_of(model)
     classes = list(spec.classes)
     activation = spec.activation or "sigmoid"
-    block = block_samples(cfg.block_ms, spec.fs)
     x = np.asarray(x, dtype=np.float32)
     logits = forward_logits(model, x, batch_size=max(1, cfg.batch_size))
     probs = probabilities(logits, activation)
@@ -133,7 +137,7 @@ def evaluate_batch(model, x: np.ndarray, rows: Sequence[Mapping[str, Any]], cfg:
                  "record_id": rows[i]["record_id"], "window": int(rows[i]["window"])} for i in idx]
         if "faithfulness" in cfg.tests:
             _faithfulness_rows(out, model, xi, maps, keys, [rows[i] for i in idx], targets, t_idx, probs[idx],
-                               logits[idx], cfg, block, activation)
+                               logits[idx], cfg, spec, activation)
         if "randomisation" in cfg.tests:
             _randomisation_rows(out, model, xi, maps, keys, targets, classes, cfg, layers)
         if "agreement" in cfg.tests:
@@ -141,16 +145,30 @@ def evaluate_batch(model, x: np.ndarray, rows: Sequence[Mapping[str, Any]], cfg:
     return {name: from_rows(name, r) for name, r in out.items()}
 
 
-def _faithfulness_rows(out, model, xi, maps, keys, rows, targets, t_idx, probs, logits, cfg, block, activation):
+def segmentation(x: np.ndarray, cfg: EvaluateConfig, fs: float, leads: Sequence[str]) -> tuple[np.ndarray, str]:
+    """The segment ids of one record ``(leads, L)`` and their kind: ``blocks``, ``waves``, or ``blocks (no
+    beats)`` when ``segments="waves"`` finds fewer than 2 R-peaks (on lead II, else the first lead)."""
+    if cfg.segments == "waves":
+        lead = list(leads).index("DII") if "DII" in leads else 0
+        got = wave_labels(x, fs, lead=lead)
+        if got is not None:
+            return got[0], "waves"
+        return block_labels(x.shape, block_samples(cfg.block_ms, fs)), "blocks (no beats)"
+    return block_labels(x.shape, block_samples(cfg.block_ms, fs)), "blocks"
+
+
+def _faithfulness_rows(out, model, xi, maps, keys, rows, targets, t_idx, probs, logits, cfg, spec, activation):
+    segs = [segmentation(xi[n], cfg, spec.fs, spec.canonical_leads) for n in range(len(keys))]
     for m, rel in maps.items():
         for n, key in enumerate(keys):
+            labels, kind = segs[n]
             for j, (t, ti) in enumerate(zip(targets, t_idx)):
                 rng = order_seed(cfg.seed, key["record_key"], key["window"], t)
-                f = faithfulness(model, xi[n], rel[n, j], ti, block=block, rng=rng, fractions=cfg.fractions,
+                f = faithfulness(model, xi[n], rel[n, j], ti, labels=labels, rng=rng, fractions=cfg.fractions,
                                  replacement=cfg.replacement, noise=cfg.noise, n_subsets=cfg.n_subsets,
                                  subset_fraction=cfg.subset_fraction, activation=activation)
-                base = {**key, "method": m, "target": t, "replacement": cfg.replacement,
-                        "block_ms": float(cfg.block_ms)}
+                base = {**key, "method": m, "target": t, "replacement": cfg.replacement, "segments": kind,
+                        "block_ms": None if kind == "waves" else float(cfg.block_ms)}
                 for o in ORDERS:
                     for s, frac in enumerate(f.fractions):
                         out["deletion"].append({**base, "order": o, "step": s, "fraction": frac,
@@ -159,7 +177,7 @@ def _faithfulness_rows(out, model, xi, maps, keys, rows, targets, t_idx, probs, 
                 a = {o: f.auc(o) for o in ORDERS}
                 label = rows[n].get(f"label_{t}")
                 out["faithfulness"].append({
-                    **base, "n_blocks": f.n_blocks, "label": None if label is None else bool(label),
+                    **base, "n_segments": f.n_segments, "label": None if label is None else bool(label),
                     "probability": float(probs[n, ti]), "logit": float(logits[n, ti]),
                     "auc_morf": a["morf"], "auc_lerf": a["lerf"], "auc_random": a["random"],
                     "random_minus_morf": a["random"] - a["morf"], "lerf_minus_morf": a["lerf"] - a["morf"],

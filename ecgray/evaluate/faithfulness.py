@@ -1,9 +1,10 @@
 """Faithfulness of a relevance map: deletion curves (MoRF, LeRF, random) and faithfulness correlation.
 
-Region perturbation (Samek et al., IEEE TNNLS 2017; ROAD: Rong et al., ICML 2022): the blocks of a
-record (:mod:`ecgray.evaluate.perturb`: ``block_ms`` x one lead) are removed cumulatively in an order,
-and the model's logit of the target (and its probability) is recorded after each step. At step ``s``
-the first ``round(fractions[s] * n_blocks)`` blocks of the order are removed.
+Region perturbation (Samek et al., IEEE TNNLS 2017; ROAD: Rong et al., ICML 2022): the segments of a
+record (:mod:`ecgray.evaluate.perturb`: blocks of ``block_ms`` x one lead, or the waves of each beat x
+one lead) are removed cumulatively in an order, and the model's logit of the target (and its
+probability) is recorded after each step. At step ``s`` the first ``round(fractions[s] * n_segments)``
+segments of the order are removed (the fractions count segments, not samples).
 
 * ``morf``: most relevant first -- blocks by *signed* relevance, largest first (the strongest evidence
   *for* the target goes first, so a faithful map makes the logit fall fast);
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ecgray.evaluate.perturb import ROAD_NOISE, block_scores, cell_mask, replace
+from ecgray.evaluate.perturb import ROAD_NOISE, block_labels, replace, segment_mask, segment_scores
 
 ORDERS = ("morf", "lerf", "random")
 #: fractions of the blocks removed at each step of a deletion curve (0: the record itself)
@@ -75,7 +76,7 @@ def auc(fractions, values) -> float:
 
 
 def deletion_orders(scores: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Flat block indices (lead-major) in MoRF, LeRF and random order. Ties keep index order (stable)."""
+    """Segment ids in MoRF, LeRF and random order. Ties keep id order (stable)."""
     flat = scores.ravel()
     morf = np.argsort(-flat, kind="stable")
     lerf = np.argsort(flat, kind="stable")
@@ -90,24 +91,29 @@ class Faithfulness:
     logits: dict[str, np.ndarray]  # order -> (steps,) logit of the target
     probabilities: dict[str, np.ndarray]  # order -> (steps,) probability of the target
     correlation: float  # faithfulness correlation (Pearson); NaN when undefined
-    n_blocks: int
+    n_segments: int
 
     def auc(self, order: str) -> float:
         return auc(self.fractions, self.logits[order])
 
 
-def faithfulness(model: nn.Module, x: np.ndarray, rel: np.ndarray, target: int, *, block: int,
-                 rng: np.random.Generator, fractions=DEFAULT_FRACTIONS, replacement: str = "zero",
+def faithfulness(model: nn.Module, x: np.ndarray, rel: np.ndarray, target: int, *, rng: np.random.Generator,
+                 block: int | None = None, labels: np.ndarray | None = None, fractions=DEFAULT_FRACTIONS, replacement: str = "zero",
                  noise: float = ROAD_NOISE, n_subsets: int = N_SUBSETS, subset_fraction: float = SUBSET_FRACTION,
                  activation: str = "sigmoid", batch_size: int = 64) -> Faithfulness:
     """Deletion curves and faithfulness correlation of map ``rel`` (leads, L) for class index ``target``
     of record ``x`` (leads, L); ``rng`` draws the random order, the subsets and the ROAD noise (in that
-    order; seed it with :func:`order_seed`)."""
+    order; seed it with :func:`order_seed`). The segments: ``labels`` (ids ``(leads, L)``, e.g.
+    :func:`~ecgray.evaluate.perturb.wave_labels`) or blocks of ``block`` samples."""
     fractions = tuple(float(f) for f in fractions)
     if not fractions or fractions[0] != 0.0 or any(b <= a for a, b in zip(fractions, fractions[1:])) \
             or fractions[-1] > 1.0:
         raise ValueError(f"fractions must rise from 0 to at most 1, got {fractions}")
-    scores = block_scores(rel, block)
+    if labels is None:
+        if block is None:
+            raise ValueError("faithfulness needs the segments: labels= or block=")
+        labels = block_labels(np.shape(x), block)
+    scores = segment_scores(rel, labels)
     nb = scores.size
     orders = deletion_orders(scores, rng)
     m = max(1, int(round(subset_fraction * nb)))
@@ -117,9 +123,9 @@ def faithfulness(model: nn.Module, x: np.ndarray, rel: np.ndarray, target: int, 
     for o in ORDERS:
         for f in fractions[1:]:
             k = int(round(f * nb))
-            xs.append(replace(x, cell_mask(orders[o][:k], x.shape, block), replacement, rng=noise_rng, noise=noise))
+            xs.append(replace(x, segment_mask(orders[o][:k], labels), replacement, rng=noise_rng, noise=noise))
     for s in subsets:
-        xs.append(replace(x, cell_mask(s, x.shape, block), replacement, rng=noise_rng, noise=noise))
+        xs.append(replace(x, segment_mask(s, labels), replacement, rng=noise_rng, noise=noise))
     logits = forward_logits(model, np.stack(xs), batch_size=batch_size)
     probs = probabilities(logits, activation)[:, target]
     z = logits[:, target].astype(np.float64)
@@ -129,7 +135,7 @@ def faithfulness(model: nn.Module, x: np.ndarray, rel: np.ndarray, target: int, 
         curves[o] = np.concatenate([[z[0]], z[1 + j * n:1 + (j + 1) * n]])
         pcurves[o] = np.concatenate([[probs[0]], probs[1 + j * n:1 + (j + 1) * n]])
     drops = z[0] - z[1 + 3 * n:]
-    sums = np.array([scores.ravel()[s].sum() for s in subsets])
+    sums = np.array([scores[s].sum() for s in subsets])
     corr = float(np.corrcoef(sums, drops)[0, 1]) if n_subsets > 1 and sums.std() > 0 and drops.std() > 0 \
         else float("nan")
     return Faithfulness(fractions, curves, pcurves, corr, nb)

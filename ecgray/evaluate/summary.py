@@ -71,7 +71,7 @@ def summarise(output: str) -> dict[str, pl.DataFrame]:
     """The evaluation's data-set tables (:data:`EVALUATION_SUMMARY_NAMES`; empty frames for tests not run)."""
     out: dict[str, pl.DataFrame] = {}
     f = _scan(output, "faithfulness")
-    keys = ["method", "target", "replacement"]
+    keys = ["method", "target", "replacement", "segments"]
     if f is not None:
         out["evaluation_faithfulness"] = (f.group_by(keys).agg(
             pl.len().alias("n"), pl.col("random_minus_morf").mean(), *_ci("random_minus_morf"),
@@ -80,10 +80,9 @@ def summarise(output: str) -> dict[str, pl.DataFrame]:
             .sort(keys).collect())
     d = _scan(output, "deletion")
     if d is not None:
-        first = (d.filter(pl.col("step") == 0).select("record_key", "window", "method", "target", "replacement",
-                                                      "order", pl.col("logit").alias("_z0")))
-        out["evaluation_deletion"] = (d.join(first, on=["record_key", "window", "method", "target", "replacement",
-                                                        "order"])
+        on = ["record_key", "window", "method", "target", "replacement", "segments", "order"]
+        first = d.filter(pl.col("step") == 0).select(*on, pl.col("logit").alias("_z0"))
+        out["evaluation_deletion"] = (d.join(first, on=on)
                                       .with_columns((pl.col("_z0") - pl.col("logit")).alias("_drop"))
                                       .group_by(keys + ["order", "step"])
                                       .agg(pl.col("fraction").first(), pl.len().alias("n"), pl.col("logit").mean(),
@@ -135,7 +134,7 @@ def verdicts(tables: dict[str, pl.DataFrame]) -> pl.DataFrame:
             fc = fr["faithfulness_correlation"]
             parts.append(f"random − MoRF deletion area {mean:+.2f} logit{ci} ({fr['n']} windows, "
                          f"{fr['frac_morf_faster']:.0%} of them), faithfulness correlation "
-                         f"{'–' if fc is None else format(fc, '.2f')} ({fr['replacement']})")
+                         f"{'–' if fc is None else format(fc, '.2f')} ({fr['replacement']}, {fr['segments']})")
         c = d.get("cascading")
         if c is None:
             rand = "not measured"
