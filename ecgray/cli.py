@@ -315,6 +315,7 @@ def run_pipeline(
     resume: bool = typer.Option(False, "--resume", help="Skip shards already committed in OUTPUT."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete a previous output in OUTPUT first."),
     keep_relevance: bool = typer.Option(False, "--keep-relevance", help="Also write the full per-sample relevance table."),
+    waves: str = typer.Option("delineated", "--waves", help="Place P, QRS and T per record ('delineated', ~0.33 s per record) or use the fixed windows ('fixed', faster)."),
     num_actors: Optional[int] = typer.Option(None, "--num-actors", help="Attribution actors (default: one per GPU, else 1)."),
     gpu: Optional[bool] = typer.Option(None, "--gpu/--no-gpu", help="Attribute on GPUs (default: if the cluster has any)."),
     precision: str = typer.Option("fp32", "--precision", help="GPU arithmetic of attribution: fp32 (true float32, default), tf32 or bf16 (faster, less exact; see the README). CPU: always fp32."),
@@ -349,7 +350,7 @@ def run_pipeline(
         ray_session.start(object_store_mb=object_store_mb)
         summary = run_dataset(input, output, model=model, weights=weights, methods=methods, targets=targets,
                               output_kind=output_kind, params=params, shard_size=shard_size, policy=policy,
-                              labels_csv=labels, keep_relevance=keep_relevance, resume=resume, overwrite=overwrite,
+                              labels_csv=labels, keep_relevance=keep_relevance, waves=waves, resume=resume, overwrite=overwrite,
                               num_attr_actors=num_actors, use_gpu=gpu, precision=precision, autocast=autocast,
                               batch_size=batch_size,
                               run_id=run_id, torch_threads=torch_threads)
@@ -542,8 +543,10 @@ def demo_cmd(
     n_steps: int = typer.Option(16, "--n-steps", help="Integrated-gradients steps."),
     check: bool = typer.Option(True, "--check/--no-check", help="Also run the ground-truth check."),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic data set."),
+    evaluate_n: int = typer.Option(2, "--evaluate", help="Record windows per class for `ecgray evaluate` (0: skip)."),
 ) -> None:
-    """Synthetic ECGs -> Ray pipeline (demo model) -> reduced tables -> HTML report, all in OUT_DIR."""
+    """Synthetic ECGs (graded features) -> Ray pipeline (demo model) -> evaluation -> reduced tables -> HTML report,
+    all in OUT_DIR."""
     from .demo import print_check_table, run_demo
     from .pipeline import print_summary
 
@@ -555,7 +558,7 @@ def demo_cmd(
     try:
         ray_session.start()
         res = run_demo(out_dir, n_per_class=n_per_class, seed=seed, methods=methods, n_steps=n_steps, check=check,
-                       log=lambda m: console.print(m, highlight=False, soft_wrap=True))
+                       evaluate_n=evaluate_n, log=lambda m: console.print(m, highlight=False, soft_wrap=True))
     except KeyboardInterrupt:
         _interrupted(ray_session, str(Path(out_dir).resolve() / "run"), hint="rerun `ecgray demo` to start again")
     except BaseException:

@@ -1,12 +1,16 @@
 """``ecgray demo``: the whole product on data it makes itself.
 
-1. write a seeded synthetic data set with planted, labelled features (WFDB at 500 Hz, SNOMED codes,
-   ``truth.parquet``; :mod:`ecgray.synth`);
+1. write a seeded synthetic data set with planted, labelled features of *graded* strength (WFDB at 500 Hz,
+   SNOMED codes, ``truth.parquet``; :func:`ecgray.synth.write_dataset` with ``graded=True``: each planted
+   feature from absent to full, labelled with its class when the strength is >= 0.5, so probabilities span
+   0..1 and some records are misclassified -- finding (a), relevance vs probability, on known truth);
 2. explain it with the Ray pipeline in local mode and the packaged demo model (sharded Parquet;
    :mod:`ecgray.pipeline`);
-3. reduce the relevance to the class, lead and beat tables (:mod:`ecgray.reduce`);
-4. draw the HTML report (:mod:`ecgray.report`);
-5. optionally run the ground-truth check (:mod:`ecgray.check`).
+3. evaluate the maps of a few records per class (:mod:`ecgray.evaluate`: deletion curves, randomisation,
+   agreement), unless ``evaluate_n=0``;
+4. reduce the relevance to the class, lead and beat tables (:mod:`ecgray.reduce`);
+5. draw the HTML report (:mod:`ecgray.report`), with its section "Can these explanations be trusted?";
+6. optionally run the ground-truth check (:mod:`ecgray.check`).
 """
 from __future__ import annotations
 
@@ -29,7 +33,8 @@ class DemoResult:
 
 def run_demo(out_dir: str | Path = "ecgray-demo", *, n_per_class: int = 8, seed: int = 0,
              methods: tuple[str, ...] = ("integrated_gradients", "lrp_epsilon"), n_steps: int = 16,
-             check: bool = True, log=print, progress: bool | None = None) -> DemoResult:
+             check: bool = True, log=print, progress: bool | None = None, graded: bool = True,
+             evaluate_n: int = 2) -> DemoResult:
     """Run the demo into ``out_dir`` (``data/``, ``run/``, ``run/reduced``, ``run/report``); overwrites.
 
     ``progress``: the pipeline's progress on stderr (a bar on a terminal, plain lines otherwise; ``False``: none).
@@ -48,7 +53,7 @@ def run_demo(out_dir: str | Path = "ecgray-demo", *, n_per_class: int = 8, seed:
         for p in data.iterdir():
             if p.is_file():
                 p.unlink()
-    write_dataset(data, {k: n_per_class for k in DEMO_CLASSES}, seed=seed)
+    write_dataset(data, {k: n_per_class for k in DEMO_CLASSES}, seed=seed, graded=graded)
     seconds["synth"] = time.perf_counter() - t0
     log(f"wrote {n_per_class * len(DEMO_CLASSES)} synthetic records to {data}")
 
@@ -61,6 +66,14 @@ def run_demo(out_dir: str | Path = "ecgray-demo", *, n_per_class: int = 8, seed:
     summary = run_dataset(str(data), str(run_out), model="demo", methods=methods, targets=None, params=params,
                           shard_size=16, keep_relevance=True, overwrite=run_out.exists(), progress=progress)
     seconds["pipeline"] = time.perf_counter() - t0
+
+    if evaluate_n:
+        from .evaluate import evaluate
+
+        t0 = time.perf_counter()
+        ev = evaluate(str(run_out), sample=evaluate_n, overwrite=True, n_subsets=16)
+        seconds["evaluate"] = time.perf_counter() - t0
+        log(f"evaluated {ev.n_records} record windows (deletion curves, randomisation, agreement)")
 
     t0 = time.perf_counter()
     reduce(str(run_out))

@@ -105,6 +105,7 @@ class ExplainConfig:
     keep_relevance: bool = True  # also build the full per-sample `relevance` table
     batch_size: int = 8  # windows per attribution call
     spec: ModelSpec = RIBEIRO2020  # the model's: geometry, leads and classes of every table
+    waves: str = "delineated"  # beats: delineate P/QRS/T per record, or "fixed" windows only
 
     @property
     def classes(self) -> tuple[str, ...]:

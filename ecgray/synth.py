@@ -478,11 +478,15 @@ def write_wfdb(out_dir: str | Path, record_name: str, signal: np.ndarray, fs: fl
 
 
 def write_dataset(out_dir: str | Path, n_per_class: dict | int, *, seed: int = 0, fs: float = 500,
-                  duration: float = 10.0, **sim_kw):
+                  duration: float = 10.0, graded: bool = False, threshold: float = 0.5, **sim_kw):
     """Write WFDB records (``S0001`` ...; SNOMED ``#Dx:``) and ``out_dir/truth.parquet``.
 
     Returns the truth as a ``pyarrow.Table`` with columns ``record_id, label,
-    feature, lead, start, stop, fs`` (samples at the file's ``fs``).
+    feature, lead, start, stop, fs, strength`` (samples at the file's ``fs``; ``label`` the kind simulated).
+    ``graded=True``: every record of a kind with a feature gets ``feature_strength`` drawn uniformly in
+    0..1 (generator ``[seed, 0x57E6]``, as :func:`graded_arrays`) and is labelled (``#Dx``) with its kind
+    when the strength is >= ``threshold``, else as normal -- so the model's probabilities span 0..1 and
+    some records are misclassified, as in real data; ``strength`` is 1.0 otherwise.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -493,18 +497,25 @@ def write_dataset(out_dir: str | Path, n_per_class: dict | int, *, seed: int = 0
     cols: dict[str, list] = {c: [] for c in ("record_id", "label", "feature", "lead", "start", "stop", "fs")}
     if any(k in CONTROL_KINDS for k in kinds):
         raise ValueError("control kinds have no SNOMED code; use training_arrays / truth_arrays")
+    cols["strength"] = []
+    strengths = (np.random.default_rng([seed, 0x57E6]).uniform(0.0, 1.0, size=len(kinds)) if graded
+                 else np.ones(len(kinds)))
     for i, (k, s) in enumerate(zip(kinds, seeds)):
         rid = f"S{i + 1:04d}"
-        sig, truth = simulate(k, fs=fs, duration=duration, seed=int(s), **sim_kw)
-        write_wfdb(out_dir, rid, sig, fs, dx=[SNOMED[k]])
+        strength = 1.0 if k == "normal" else float(strengths[i])
+        extra = {"feature_strength": strength} if graded and k != "normal" else {}
+        sig, truth = simulate(k, fs=fs, duration=duration, seed=int(s), **extra, **sim_kw)
+        write_wfdb(out_dir, rid, sig, fs, dx=[SNOMED[k] if strength >= threshold else SNOMED["normal"]])
         for r in truth:
             for c, v in (("record_id", rid), ("label", k), ("feature", r["feature"]), ("lead", r["lead"]),
-                         ("start", r["start"]), ("stop", r["stop"]), ("fs", float(fs))):
+                         ("start", r["start"]), ("stop", r["stop"]), ("fs", float(fs)), ("strength", strength)):
                 cols[c].append(v)
     schema = pa.schema([("record_id", pa.string()), ("label", pa.string()), ("feature", pa.string()),
-                        ("lead", pa.string()), ("start", pa.int64()), ("stop", pa.int64()), ("fs", pa.float64())])
+                        ("lead", pa.string()), ("start", pa.int64()), ("stop", pa.int64()), ("fs", pa.float64()),
+                        ("strength", pa.float64())])
     table = pa.table(cols, schema=schema).replace_schema_metadata(
-        {"ecgray_synth": json.dumps({"seed": seed, "fs": fs, "duration": duration, "kinds": sorted(set(kinds))})})
+        {"ecgray_synth": json.dumps({"seed": seed, "fs": fs, "duration": duration, "kinds": sorted(set(kinds)),
+                                     "graded": bool(graded), "threshold": threshold})})
     out_dir.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, out_dir / "truth.parquet")
     return table

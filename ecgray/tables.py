@@ -136,7 +136,8 @@ def row_scale(values: np.ndarray) -> np.ndarray:
 
 def beats_tables(run_id: str, cfg, p: dict, average_beats) -> dict[str, pa.Table]:
     """``beats`` (window x lead: the average beat and its delineated waves, :func:`ecgray.delineate.delineate` on
-    the averaged beats' R-peaks; fixed windows, flagged, when ``average_beats`` gives no ``peaks``) and
+    the averaged beats' R-peaks; fixed windows, flagged, when ``average_beats`` gives no ``peaks`` or ``cfg.waves`` is
+    ``"fixed"``) and
     ``beats_relevance`` (window x method x target x lead)."""
     from ecgray.delineate import columns_of, delineate, fixed_bounds
 
@@ -167,7 +168,8 @@ def beats_tables(run_id: str, cfg, p: dict, average_beats) -> dict[str, pa.Table
         sig_rows["lead_used"].extend([str(avg.lead_used)] * n_leads)
         sig_rows["hr"].append(np.full(n_leads, avg.heart_rate_bpm, np.float32))
         peaks = getattr(avg, "peaks", None)
-        wb = delineate(p["x"][i], peaks, fs, valid=valid) if ok and peaks is not None else fixed_bounds()
+        delineated = ok and peaks is not None and getattr(cfg, "waves", "delineated") == "delineated"
+        wb = delineate(p["x"][i], peaks, fs, valid=valid) if delineated else fixed_bounds()
         sig_rows["waves"].extend([columns_of(wb)] * n_leads)
         n = M * T * n_leads
         rel_rows["i"].append(np.full(n, i))

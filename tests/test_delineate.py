@@ -318,3 +318,16 @@ def test_beats_table_carries_the_waves():
     rows = beats_tables("run", cfg, p, no_peaks)["beats"].to_pylist()
     assert all(r[f"wave_{w}_method"] == D.FIXED and r[f"wave_{w}_on_ms"] is None
                for r in rows for w in ("p", "qrs", "t"))
+    cfg.waves = "fixed"  # `ecgray run --waves fixed`: the beats, not the delineation
+    rows = beats_tables("run", cfg, p, real_average_beats)["beats"].to_pylist()
+    assert rows[0]["n_beats"] > 0 and all(r[f"wave_{w}_method"] == D.FIXED for r in rows for w in ("p", "qrs", "t"))
+
+
+def test_run_config_checks_waves():
+    import pytest as _pytest
+
+    from ecgray.pipeline.config import RunConfig
+
+    assert RunConfig(model="demo").waves == "delineated" and RunConfig(model="demo", waves="fixed").waves == "fixed"
+    with _pytest.raises(ValueError, match="waves must be one of"):
+        RunConfig(model="demo", waves="dwt")

@@ -23,11 +23,20 @@ def test_demo_end_to_end(ray_local, tmp_path):
 
     recs = pl.from_arrow(read_table(str(res.output), "records"))
     assert recs.height == n_rec
-    # the demo model classifies its own synthetic classes: AF and LBBB records are positive, normals not
+    # graded features: a record is labelled with its class when the planted feature's strength is >= 0.5
+    truth = pl.read_parquet(res.data / "truth.parquet").group_by("record_id").agg(pl.col("label").first(),
+                                                                                 pl.col("strength").first())
+    recs = recs.join(truth, on="record_id")
     for cls in ("AF", "LBBB"):
-        pos = recs.filter(pl.col(f"label_{cls}"))
-        assert pos.height == n and (pos[f"prob_{cls}"] > 0.5).all(), pos
-        assert (recs.filter(pl.col("label_normal"))[f"prob_{cls}"] < 0.5).all()
+        planted = recs.filter(pl.col("label") == cls)
+        assert planted.height == n
+        assert (planted.filter(pl.col(f"label_{cls}"))["strength"] >= 0.5).all()
+        assert (planted.filter(~pl.col(f"label_{cls}"))["strength"] < 0.5).all()
+        # the model's probability rises with the feature's strength (full-strength training data)
+        full = planted.filter(pl.col("strength") >= 0.8)
+        assert (full[f"prob_{cls}"] > 0.5).all(), full
+        assert (recs.filter(pl.col("label") == "normal")[f"prob_{cls}"] < 0.5).all()
+    assert (res.output / "reduced" / "evaluation_verdicts.parquet").exists()
     summ = read_table(str(res.output), "relevance_summary")
     assert summ.num_rows == n_rec * 2 * 6 * 12
 

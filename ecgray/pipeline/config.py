@@ -15,6 +15,8 @@ from ecgray.attribution.core import PRECISIONS
 
 #: output kinds an attribution can explain: the score before the activation, or the probability
 OUTPUT_KINDS = ("logit", "probability")
+#: how the beats table places P, QRS and T: delineated per record, or the fixed windows (faster)
+WAVES = ("delineated", "fixed")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class RunConfig:
     labels_csv: str | None = None
     keep_relevance: bool = False
     beats: bool = True
+    waves: str = "delineated"  # delineated (ecgray.delineate, ~0.33 s per record) | fixed (the fixed windows only)
     precision: str = "fp32"  # fp32 | tf32 | bf16 (CUDA only)
     batch_size: int = 8  # windows per attribution call
     # how to run it (not part of the output)
@@ -51,6 +54,8 @@ class RunConfig:
         object.__setattr__(self, "targets", tuple(self.targets) if self.targets else None)
         object.__setattr__(self, "params", {m: dict((self.params or {}).get(m, {})) for m in methods})
         object.__setattr__(self, "beats", bool(self.beats))
+        if self.waves not in WAVES:
+            raise ValueError(f"waves must be one of {WAVES}, got {self.waves!r}")
         object.__setattr__(self, "keep_relevance", bool(self.keep_relevance))
 
     @classmethod

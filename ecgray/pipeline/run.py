@@ -30,9 +30,9 @@ RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 # Fields of the manifest that must match for --resume to continue a previous run.
 RESUME_KEYS = ("model", "model_id", "model_spec", "methods", "targets", "output_kind", "params", "shard_size",
-               "policy", "keep_relevance", "beats", "schema_version", "precision")
+               "policy", "keep_relevance", "beats", "schema_version", "precision", "waves")
 #: manifest values of outputs written before a key existed
-RESUME_DEFAULTS = {"precision": "fp32"}
+RESUME_DEFAULTS = {"precision": "fp32", "waves": "delineated"}
 
 
 
@@ -131,7 +131,7 @@ def run(input: str, output: str, config: RunConfig | None = None, *, resume: boo
 
     What to compute and how: a :class:`~ecgray.pipeline.config.RunConfig` (``config``), or its fields
     as keywords (``model=``, ``weights=``, ``methods=``, ``targets=``, ``output_kind=``, ``params=``,
-    ``shard_size=``, ``policy=``, ``labels_csv=``, ``keep_relevance=``, ``beats=``, ``precision=``,
+    ``shard_size=``, ``policy=``, ``labels_csv=``, ``keep_relevance=``, ``beats=``, ``waves=``, ``precision=``,
     ``batch_size=``, ``num_attr_actors=``, ``use_gpu=``, ``torch_threads=``). ``faults``: a test hook
     (:func:`ecgray.pipeline.stages.maybe_fail`), never set in production.
 
@@ -185,6 +185,7 @@ def run(input: str, output: str, config: RunConfig | None = None, *, resume: boo
         "model_id": mid, "model_spec": spec.to_dict(), "methods": list(cfg.methods),
         "targets": list(cfg.targets) if cfg.targets else None, "output_kind": cfg.output_kind, "params": cfg.params,
         "shard_size": cfg.shard_size, "policy": cfg.policy, "keep_relevance": cfg.keep_relevance, "beats": cfg.beats,
+        "waves": cfg.waves,
         "schema_version": SCHEMA_VERSION, "precision": cfg.precision, "n_records": cat.num_rows, "run_id": run_id,
         "skipped": skipped,
     }
@@ -261,7 +262,8 @@ def explain_config(cfg: RunConfig, *, model_id: str, spec: ModelSpec):
 
     return ExplainConfig(model_name=str(cfg.model), model_id=model_id, methods=cfg.methods,
                          targets=list(cfg.targets) if cfg.targets else None, output=cfg.output_kind,
-                         params=cfg.params, keep_relevance=cfg.keep_relevance, batch_size=cfg.batch_size, spec=spec)
+                         params=cfg.params, keep_relevance=cfg.keep_relevance, batch_size=cfg.batch_size, spec=spec,
+                         waves=cfg.waves)
 
 
 def _execute(todo: list[dict], cfg: RunConfig, *, output: str, run_id: str, model_id: str, spec: ModelSpec,
