@@ -21,7 +21,7 @@ import json
 import logging
 import posixpath
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -190,6 +190,8 @@ def evaluate(output: str, config: EvaluateConfig | None = None, *, sample: int |
     manifest = store.manifest()
     if manifest is None or not store.commits():
         raise PipelineError(f"{output} holds no committed pipeline run to evaluate (run `ecgray run` first)")
+    if config is not None and options:
+        config = replace(config, **options)
     cfg = _defaults(config, manifest, options)
     spec = output_spec(output)
     eid = evaluation_id or new_run_id()
