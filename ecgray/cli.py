@@ -374,7 +374,7 @@ def run_pipeline(
     if evaluated is None:
         print_summary(summary, console)
     else:
-        from .cli_evaluate import print_evaluation
+        from .cli_trust import print_evaluation
 
         print_evaluation(*evaluated)
     console.print("summary: " + json.dumps(summary.to_dict(), default=str), highlight=False, soft_wrap=True)
@@ -411,48 +411,6 @@ def train_demo_cmd(
     console.print(t)
     console.print(f"model {info['model_id']} trained in {info['train_wall_s']:.0f} s -> "
                   f"{out or 'ecgray/models/weights/demo.safetensors'} (+ .json)")
-
-
-@app.command("check")
-def check_cmd(
-    model: str = typer.Option("demo", "--model", "-m", help="Model name or weights file."),
-    n: int = typer.Option(20, "-n", "--n-per-class", help="Held-out synthetic records per class (normal, AF, LBBB)."),
-    seed: int = typer.Option(2000, "--seed", help="Seed of the held-out synthetic set (training used 0 and 1000)."),
-    method: List[str] = typer.Option(["integrated_gradients", "lrp_epsilon", "lrp_alpha_beta", "saliency"], "--method",
-                                     help="Attribution method(s); repeat or comma-separate."),
-    n_steps: int = typer.Option(32, "--n-steps", help="Integrated-gradients steps."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the result table as Parquet."),
-    kinds: str = typer.Option("AF,LBBB,1dAVb", "--counterfactual", help="Classes for the counterfactual test and the "
-                              "localisation metrics (comma-separated; '' to skip)."),
-) -> None:
-    """Ground-truth check on held-out synthetic ECGs: relevance inside the planted features vs outside, the
-    counterfactual test (remove the feature -> logit drop, vs equal signal elsewhere), RMA, RRA, AUC-PR."""
-    from .check import print_check, run_check
-    from .errors import ModelError
-
-    try:
-        from .models import load_model
-
-        net = load_model(model)
-    except ModelError as exc:
-        fail(str(exc))
-    tbl, info = run_check(net, n_per_class=n, seed=seed, methods=_resolve_methods(method), n_steps=n_steps)
-    print_check(tbl, info, console)
-    from .groundtruth import class_report, print_reports
-
-    names = [k.strip() for k in kinds.split(",") if k.strip()]
-    bad = [k for k in names if k not in net.classes]
-    if bad:
-        fail(f"--counterfactual: {', '.join(bad)} not among the model's classes {', '.join(net.classes)}")
-    if names:
-        print_reports([class_report(net, k, n, seed=seed, methods=_resolve_methods(method), n_steps=n_steps)
-                       for k in names], console)
-    if out:
-        import pyarrow.parquet as pq
-
-        out.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(tbl, out)
-        console.print(f"wrote {out}")
 
 
 @app.command("reduce")
@@ -574,7 +532,7 @@ def demo_cmd(
     console.print(f"report: {res.report}", highlight=False, soft_wrap=True)
 
 
-from . import cli_evaluate as _cli_evaluate  # noqa: E402,F401  (registers `ecgray evaluate`)
+from . import cli_trust as _cli_trust  # noqa: E402,F401  (registers `ecgray check` and `ecgray evaluate`)
 
 
 def main() -> None:  # pragma: no cover

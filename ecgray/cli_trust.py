@@ -1,12 +1,58 @@
-"""``ecgray evaluate OUTPUT``: the command (registered on :data:`ecgray.cli.app`; imports stay lazy so that
-``ecgray --help`` starts without torch or Ray)."""
+"""The commands that ask whether explanations can be trusted: ``ecgray check`` (synthetic ground truth) and
+``ecgray evaluate OUTPUT`` (a run's maps), registered on :data:`ecgray.cli.app`; imports stay lazy so that
+``ecgray --help`` starts without torch or Ray."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from .cli import _interrupted, _method_params, _parse_params, _parse_targets, _resolve_methods, app, console, fail
+
+
+@app.command("check")
+def check_cmd(
+    model: str = typer.Option("demo", "--model", "-m", help="Model name or weights file."),
+    n: int = typer.Option(20, "-n", "--n-per-class", help="Held-out synthetic records per class (normal, AF, LBBB)."),
+    seed: int = typer.Option(2000, "--seed", help="Seed of the held-out synthetic set (training used 0 and 1000)."),
+    method: List[str] = typer.Option(["integrated_gradients", "lrp_epsilon", "lrp_alpha_beta", "saliency"], "--method",
+                                     help="Attribution method(s); repeat or comma-separate."),
+    n_steps: int = typer.Option(32, "--n-steps", help="Integrated-gradients steps."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the result table as Parquet."),
+    kinds: str = typer.Option("AF,LBBB,1dAVb", "--counterfactual", help="Classes for the counterfactual test and the "
+                              "localisation metrics (comma-separated; '' to skip)."),
+) -> None:
+    """Ground-truth check on held-out synthetic ECGs: relevance inside the planted features vs outside, the
+    counterfactual test (remove the feature -> logit drop, vs equal signal elsewhere), RMA, RRA, AUC-PR."""
+    from .check import print_check, run_check
+    from .errors import ModelError
+
+    try:
+        from .models import load_model
+
+        net = load_model(model)
+    except ModelError as exc:
+        fail(str(exc))
+    tbl, info = run_check(net, n_per_class=n, seed=seed, methods=_resolve_methods(method), n_steps=n_steps)
+    print_check(tbl, info, console)
+    from .groundtruth import class_report, print_reports
+
+    names = [k.strip() for k in kinds.split(",") if k.strip()]
+    bad = [k for k in names if k not in net.classes]
+    if bad:
+        fail(f"--counterfactual: {', '.join(bad)} not among the model's classes {', '.join(net.classes)}")
+    if names:
+        print_reports([class_report(net, k, n, seed=seed, methods=_resolve_methods(method), n_steps=n_steps)
+                       for k in names], console)
+    if out:
+        import pyarrow.parquet as pq
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(tbl, out)
+        console.print(f"wrote {out}")
+
+
 
 
 @app.command("evaluate")
