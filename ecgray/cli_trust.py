@@ -22,6 +22,8 @@ def check_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the result table as Parquet."),
     kinds: str = typer.Option("AF,LBBB,1dAVb", "--counterfactual", help="Classes for the counterfactual test and the "
                               "localisation metrics (comma-separated; '' to skip)."),
+    into: Optional[str] = typer.Option(None, "--into", help="Also write the counterfactual/localisation table to "
+                                       "INTO/reduced/ground_truth.parquet (a run's output: its report then shows it)."),
 ) -> None:
     """Ground-truth check on held-out synthetic ECGs: relevance inside the planted features vs outside, the
     counterfactual test (remove the feature -> logit drop, vs equal signal elsewhere), RMA, RRA, AUC-PR."""
@@ -43,8 +45,13 @@ def check_cmd(
     if bad:
         fail(f"--counterfactual: {', '.join(bad)} not among the model's classes {', '.join(net.classes)}")
     if names:
-        print_reports([class_report(net, k, n, seed=seed, methods=_resolve_methods(method), n_steps=n_steps)
-                       for k in names], console)
+        reports = [class_report(net, k, n, seed=seed, methods=_resolve_methods(method), n_steps=n_steps)
+                   for k in names]
+        print_reports(reports, console)
+        if into:
+            from .groundtruth import write_report_table
+
+            console.print(f"wrote {write_report_table(reports, into)}", highlight=False, soft_wrap=True)
     if out:
         import pyarrow.parquet as pq
 

@@ -405,3 +405,36 @@ def print_reports(reports: Sequence[dict], console=None) -> None:
             t.add_row(m, r["kind"], str(loc["n_records"]), f(loc, "density_ratio", ".2f"), f(loc, "signed_share", ".2f"),
                       f(loc, "frac_cells_in", ".2f"), f(loc, "rma", ".2f"), f(loc, "rra", ".2f"), f(loc, "auc_pr", ".2f"))
     console.print(t)
+
+
+def report_table(reports: Sequence[dict]):
+    """:func:`class_report` results as the ``ground_truth`` table (:mod:`ecgray.schemas.evaluation`), one row per
+    method x class, for the report (``<output>/reduced/ground_truth.parquet``)."""
+    from ecgray.schemas.tables import from_rows
+
+    rows = []
+    for r in reports:
+        cf = r["counterfactual"]
+        fe, rn = cf.get("feature", {}), cf.get("random_noise", {})
+        for m, loc in r["methods"].items():
+            rows.append({"method": m, "target": r["kind"], "seed": int(r["seed"]), "n_records": int(r["n_correct"]),
+                         **{k: loc.get(k) for k in ("density_ratio", "signed_share", "frac_cells_in", "rma", "rra",
+                                                    "auc_pr")},
+                         "feature_frac_drop": fe.get("frac_drop_positive"), "feature_median_drop": fe.get("median_drop"),
+                         "control_median_drop": rn.get("median_drop")})
+    return from_rows("ground_truth", rows)
+
+
+def write_report_table(reports: Sequence[dict], output: str) -> str:
+    """Write :func:`report_table` to ``<output>/reduced/ground_truth.parquet`` (local or S3); returns the path."""
+    import pyarrow.parquet as pq
+
+    from ecgray.io.fs import fs_path, is_s3, join, pyarrow_fs
+
+    dest = join(output, "reduced")
+    fs = pyarrow_fs(dest)
+    if not is_s3(dest):
+        fs.create_dir(fs_path(dest), recursive=True)
+    path = join(dest, "ground_truth.parquet")
+    pq.write_table(report_table(reports), fs_path(path), filesystem=fs)
+    return path

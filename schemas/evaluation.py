@@ -108,3 +108,18 @@ EVALUATION_SUMMARY_TABLES: dict[str, pa.Schema] = {
 }
 EVALUATION_SUMMARY_NAMES = tuple(EVALUATION_SUMMARY_TABLES)
 TABLES.update(EVALUATION_SUMMARY_TABLES)
+
+# --------------------------------------------------------------------------------------------
+# The ground-truth check of a model on held-out synthetic records (ecgray.groundtruth.report_table), one row
+# per method x class; ``<output>/reduced/ground_truth.parquet`` when written there (``ecgray check
+# --into OUTPUT``, ``ecgray demo``), shown by the report's trust section.
+GROUND_TRUTH = "ground_truth"
+TABLES[GROUND_TRUTH] = pa.schema(_mt + [
+    pa.field("seed", pa.int64(), nullable=False),  # of the held-out synthetic records
+    pa.field("n_records", pa.int64(), nullable=False),  # correctly classified records of the class
+    pa.field("density_ratio", _f64), pa.field("signed_share", _f64), pa.field("frac_cells_in", _f64),
+    pa.field("rma", _f64), pa.field("rra", _f64), pa.field("auc_pr", _f64),
+    pa.field("feature_frac_drop", _f64),  # share of records whose logit drops when the feature is removed
+    pa.field("feature_median_drop", _f64),
+    pa.field("control_median_drop", _f64),  # the same energy removed elsewhere (smoothed noise)
+])

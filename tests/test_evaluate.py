@@ -192,7 +192,7 @@ def test_cli(evaluated, tmp_path):
     assert "cost per record x target x method: 59 forwards" in res.output and "trust" in res.output
     f = _table(out, "faithfulness")
     assert set(f["replacement"]) == {"noisy_linear"} and set(f["segments"]) == {"waves"}
-    assert f["block_ms"].null_count == f.height and (f["n_segments"] > 12 * 10).all()  # >= 10 segments per lead
+    assert f["block_ms"].null_count() == f.height and (f["n_segments"] > 12 * 10).all()  # >= 10 segments per lead
     res = CliRunner().invoke(app, ["evaluate", str(tmp_path)])
     assert res.exit_code == 2 and "no committed pipeline run" in res.output
 
@@ -228,3 +228,21 @@ def test_cli_run_then_evaluate(run_out, tmp_path):
     assert "evaluated" in res.output and "saliency ×" in res.output and '"records_ok": 8' in res.output
     assert (out / "reduced" / "evaluation_verdicts.parquet").exists()
     assert _table(out, "faithfulness").height > 0
+
+
+def test_check_into_puts_the_ground_truth_table_in_the_report(evaluated):
+    from typer.testing import CliRunner
+
+    from ecgray.cli import app
+    from ecgray.report import report
+
+    _, out, _ = evaluated
+    res = CliRunner().invoke(app, ["check", "-n", "3", "--method", "saliency", "--counterfactual", "AF,LBBB",
+                                   "--into", str(out)])
+    assert res.exit_code == 0, res.output
+    gt = pl.read_parquet(out / "reduced" / "ground_truth.parquet")
+    assert set(gt["target"]) == {"AF", "LBBB"} and set(gt["method"]) == {"saliency"}
+    assert (gt["feature_frac_drop"] == 1.0).all()  # removing the planted feature drops every logit (demo model)
+    with open(report(str(out))) as fh:
+        html = fh.read()
+    assert "ground truth per method × class" in html and "elsewhere: median drop" in html

@@ -26,7 +26,7 @@ import posixpath
 
 import polars as pl
 
-from ecgray.schemas.evaluation import EVALUATION_SUMMARY_NAMES
+from ecgray.schemas.evaluation import EVALUATION_SUMMARY_NAMES, GROUND_TRUTH
 from ecgray.schemas.tables import conform
 
 Z95 = 1.959963984540054
@@ -182,6 +182,18 @@ def write_summary(output: str, dest: str | None = None) -> dict[str, pl.DataFram
     return tables
 
 
+def read_ground_truth(output: str) -> pl.DataFrame | None:
+    """``<output>/reduced/ground_truth.parquet`` (``ecgray check --into``, ``ecgray demo``), or None."""
+    from ecgray.io.fs import join, open_fs
+
+    fs, root = open_fs(join(output, "reduced"))
+    path = posixpath.join(root, f"{GROUND_TRUTH}.parquet")
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "rb") as fh:
+        return pl.read_parquet(fh)
+
+
 def read_summary(output: str, dest: str | None = None) -> dict[str, pl.DataFrame] | None:
     """The tables :func:`write_summary` wrote (None when the verdicts file is missing)."""
     from ecgray.io.fs import join, open_fs
@@ -191,7 +203,7 @@ def read_summary(output: str, dest: str | None = None) -> dict[str, pl.DataFrame
     if not fs.exists(posixpath.join(root, "evaluation_verdicts.parquet")):
         return None
     out = {}
-    for name in EVALUATION_SUMMARY_NAMES:
+    for name in EVALUATION_SUMMARY_NAMES + (GROUND_TRUTH,):
         path = posixpath.join(root, f"{name}.parquet")
         if fs.exists(path):
             with fs.open(path, "rb") as fh:

@@ -242,10 +242,13 @@ def report(output: str, *, dest: str | None = None, threshold: float = 0.5, reru
     if tables is None:
         tables = reduce(output, threshold=threshold, **(reduce_kwargs or {}))
     evaluation = None
-    from ecgray.evaluate.summary import has_evaluation, read_summary, summarise
+    from ecgray.evaluate.summary import has_evaluation, read_ground_truth, read_summary, summarise
 
     if has_evaluation(output):
         evaluation = (None if rerun_reduce else read_summary(output)) or summarise(output)
+    truth = read_ground_truth(output)
+    if truth is not None:
+        evaluation = {**(evaluation or {}), "ground_truth": truth}
     text, figs = build_report(output, tables, threshold=threshold, dpi=dpi, methods=methods, targets=targets,
                               evaluation=evaluation)
     dest = dest or join(output, "report")

@@ -118,10 +118,28 @@ def fig_agreement(agree: pl.DataFrame, kind: str = "methods", method: str | None
     return fig, caption
 
 
+def _ground_truth_table(gt: pl.DataFrame) -> str:
+    f = lambda v, fmt: "–" if v is None else format(v, fmt)  # noqa: E731
+    rows = [[r["method"], r["target"], r["n_records"], f(r["feature_frac_drop"], ".0%"),
+             f(r["feature_median_drop"], "+.2f"), f(r["control_median_drop"], "+.2f"), f(r["density_ratio"], ".2f"),
+             f(r["signed_share"], ".2f"), f(r["frac_cells_in"], ".2f"), f(r["rma"], ".2f"), f(r["rra"], ".2f"),
+             f(r["auc_pr"], ".2f")] for r in gt.sort("target", "method").iter_rows(named=True)]
+    seed = gt["seed"][0]
+    return ("<p>Ground truth (held-out synthetic records, seed " + esc(seed) + ", correctly classified; "
+            "<code>ecgray check</code>): removing the planted feature vs the same signal energy elsewhere, and "
+            "where the relevance lies relative to the planted windows (chance: the share of cells inside).</p>"
+            + table(["method", "class", "n", "feature removed: logit drops", "median drop", "elsewhere: median drop",
+                     "density in/out", "signed share", "cells in", "RMA", "RRA", "AUC-PR"], rows,
+                    numeric=[False, False] + [True] * 10, caption="ground truth per method × class"))
+
+
 def trust_section(tables: dict[str, pl.DataFrame] | None, add) -> Section:
     """The section; ``add((fig, caption), name, alt)`` registers a figure (see ``build_report``)."""
     sec = Section("Can these explanations be trusted?", INTRO)
-    if not tables:
+    gt = (tables or {}).get("ground_truth")
+    if gt is not None and gt.height:
+        sec.items.append(_ground_truth_table(gt))
+    if not tables or set(tables) == {"ground_truth"}:
         sec.items.append("<p class=\"note\">No evaluation in this output: run <code>ecgray evaluate OUTPUT "
                          "--sample 20</code> (then <code>ecgray report</code> again) for deletion curves, "
                          "randomisation checks and agreement between methods.</p>")
