@@ -99,10 +99,10 @@ EVALUATION_SUMMARY_TABLES: dict[str, pa.Schema] = {
     ]),
     # per method x target: the one-line verdict and the numbers behind it
     "evaluation_verdicts": pa.schema(_mt + [
-        pa.field("faithful", pa.string()),  # yes | no | undecided | not measured
+        pa.field("faithful", pa.string()),  # yes | no | undecided | too few records | not measured
         pa.field("randomisation", pa.string()),  # passes | sign only | fails | not measured
         pa.field("class_sensitive", pa.string()),  # passes | fails | not measured (random logit)
-        pa.field("trust", pa.string(), nullable=False),  # yes | partly | no | not measured
+        pa.field("trust", pa.string(), nullable=False),  # yes | partly | no | too few records | not measured
         pa.field("verdict", pa.string(), nullable=False),
     ]),
 }

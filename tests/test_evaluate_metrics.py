@@ -266,3 +266,27 @@ def test_wave_segment_deletion_of_a_linear_model():
     expect = [z0 - sc[:int(round(fr * sc.size))].sum() for fr in DEFAULT_FRACTIONS]
     np.testing.assert_allclose(f.logits["morf"], expect, rtol=1e-4, atol=1e-3)
     assert f.n_segments == sc.size
+
+
+def test_verdict_rules():
+    import polars as pl
+
+    from ecgray.evaluate.summary import verdicts
+
+    f = pl.DataFrame({"method": ["a", "b", "c", "d"], "target": ["X"] * 4, "replacement": ["zero"] * 4,
+                      "segments": ["blocks"] * 4, "n": [10, 10, 10, 2], "random_minus_morf": [2.0, -1.0, 0.5, 3.0],
+                      "ci_low": [1.0, -2.0, -0.5, 2.0], "ci_high": [3.0, -0.1, 1.5, 4.0],
+                      "frac_morf_faster": [1.0, 0.0, 0.6, 1.0], "lerf_minus_morf": [1.0] * 4,
+                      "faithfulness_correlation": [0.5] * 4})
+    r = pl.DataFrame({"method": ["a", "a", "b", "c", "d"], "target": ["X"] * 5,
+                      "test": ["cascading", "random_logit", "cascading", "cascading", "cascading"],
+                      "step": [6, 0, 6, 6, 6], "spearman_abs": [0.1, 0.2, 0.5, 0.1, 0.1],
+                      "spearman_signed": [0.05, 0.2, 0.0, 0.1, 0.1]})
+    v = {row["method"]: row for row in verdicts({"evaluation_faithfulness": f,
+                                                  "evaluation_randomisation": r}).iter_rows(named=True)}
+    assert (v["a"]["faithful"], v["a"]["randomisation"], v["a"]["class_sensitive"], v["a"]["trust"]) == \
+        ("yes", "passes", "passes", "yes")
+    assert (v["b"]["faithful"], v["b"]["randomisation"], v["b"]["trust"]) == ("no", "sign only", "no")
+    assert (v["c"]["faithful"], v["c"]["trust"]) == ("undecided", "partly")
+    assert (v["d"]["faithful"], v["d"]["trust"]) == ("too few records", "too few records")
+    assert v["a"]["verdict"].startswith("a × X: trust yes — random − MoRF deletion area +2.00 logit [+1.00, +3.00]")

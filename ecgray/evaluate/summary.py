@@ -9,7 +9,8 @@ Verdict rules (:func:`verdicts`), per method x target:
 
 * ``faithful``: ``yes`` when the CI of ``random_minus_morf`` (random-order minus MoRF deletion area,
   logit units) lies above 0, ``no`` when it lies below 0 or touches it from below with a mean <= 0,
-  else ``undecided``; a target with fewer than :data:`MIN_N` record windows is ``undecided``;
+  else ``undecided``; a target with fewer than :data:`MIN_N` record windows is ``too few records``
+  (and so is its trust);
 * ``randomisation``: ``passes`` when, for the fully randomised model, the mean Spearman correlation with
   the original map is below :data:`RANDOMISED_MAX` (0.3) for both ``|R|`` and signed ``R``; ``sign
   only`` when only the signed one is (the map's *magnitude* then follows the input, not the learned
@@ -33,6 +34,7 @@ Z95 = 1.959963984540054
 RANDOMISED_MAX = 0.3
 RANDOM_LOGIT_MAX = 0.5
 MIN_N = 3
+TOO_FEW = "too few records"
 
 
 def _ci(col: str, prefix: str = "") -> list[pl.Expr]:
@@ -123,7 +125,7 @@ def verdicts(tables: dict[str, pl.DataFrame]) -> pl.DataFrame:
         else:
             lo, hi, mean = fr["ci_low"], fr["ci_high"], fr["random_minus_morf"]
             if fr["n"] < MIN_N or lo is None or hi is None:
-                faithful = "undecided"
+                faithful = TOO_FEW
             elif lo > 0:
                 faithful = "yes"
             elif hi < 0 or mean <= 0:
@@ -152,6 +154,8 @@ def verdicts(tables: dict[str, pl.DataFrame]) -> pl.DataFrame:
             parts.append(f"random other class: Spearman |R| {rl['spearman_abs']:.2f}")
         if faithful == "not measured" and rand == "not measured":
             trust = "not measured"
+        elif faithful == TOO_FEW:
+            trust = TOO_FEW
         elif faithful == "no":
             trust = "no"
         elif faithful == "yes":
