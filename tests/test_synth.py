@@ -162,7 +162,8 @@ def test_write_dataset_round_trip(tmp_path):
 
     tbl = write_dataset(tmp_path, {"normal": 1, "AF": 1, "LBBB": 1}, seed=5, fs=500, duration=10.0)
     assert pq.read_table(tmp_path / "truth.parquet").equals(tbl)
-    assert set(tbl.column_names) == {"record_id", "label", "feature", "lead", "start", "stop", "fs"}
+    assert set(tbl.column_names) == {"record_id", "label", "feature", "lead", "start", "stop", "fs", "strength"}
+    assert set(tbl.column("strength").to_pylist()) == {1.0}
     labels = dict(zip(tbl.column("record_id").to_pylist(), tbl.column("label").to_pylist()))
     assert sorted(set(labels.values())) == ["AF", "LBBB", "normal"]
     for rid, lab in labels.items():
@@ -247,3 +248,19 @@ def test_f_waves_only_in_tq_windows():
         assert np.abs(tq - full)[inner].max() < 1e-6
     with pytest.raises(ValueError, match="f_wave_support"):
         simulate("AF", f_wave_support="qrs")
+
+
+def test_write_dataset_graded_labels_follow_the_strength(tmp_path):
+    """``graded=True``: a record is labelled (#Dx) with its class when its feature strength is >= 0.5, else normal."""
+    from ecgray.io import read_record
+
+    tbl = write_dataset(tmp_path, {"normal": 1, "AF": 3, "LBBB": 3}, seed=0, fs=500, duration=10.0, graded=True)
+    per = {r: (l, s) for r, l, s in zip(*(tbl.column(c).to_pylist() for c in ("record_id", "label", "strength")))}
+    assert {s for l, s in per.values() if l == "normal"} == {1.0}
+    assert any(s < 0.5 for l, s in per.values()) and any(0.5 <= s < 1 for l, s in per.values())
+    for rid, (kind, strength) in per.items():
+        rec = read_record(str(tmp_path / rid))
+        if kind == "normal" or strength < 0.5:
+            assert rec.labels.normal and not any(rec.labels.classes.values()), (rid, kind, strength)
+        else:
+            assert rec.labels.positives() == (kind,)
